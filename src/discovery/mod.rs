@@ -1,0 +1,88 @@
+//! Following an election: one [`LeaderSource`] per store, all speaking [`LeaderEvent`].
+//!
+//! This module is the only seam between stores and the rest of the proxy: a backend turns
+//! its store's election into a stream of events and never touches the proxy; the proxy
+//! never knows which store is in use.
+
+pub mod backoff;
+pub mod etcd2;
+pub mod etcd3;
+pub mod url;
+pub mod value;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+pub use self::url::{DiscoveryUrl, Scheme};
+pub use self::value::{LeaderAddr, ValueError};
+
+/// What a backend saw happen to the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaderEvent {
+    /// This address is the primary. Also sent again after an outage (same address), which
+    /// tells the router the store is back.
+    Leader(LeaderAddr),
+    /// The election is open: nobody holds it, or what the store holds is stale.
+    NoLeader,
+    /// The store cannot be reached; the last leader is kept. The text says why (no secrets).
+    Degraded(String),
+    /// The store holds a value that is not an address. The last good leader is kept.
+    Rejected { value: String, reason: ValueError },
+}
+
+/// How the leader is read from the store (`--election`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Election {
+    /// The key's value is the leader (classic Swarm, libkv).
+    #[default]
+    Key,
+    /// The key is the parent of contender entries and the first one leads.
+    Contenders,
+}
+
+/// Everything a backend needs to know, independent of the store.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub url: DiscoveryUrl,
+    pub leader_key: String,
+    pub election: Election,
+    /// `--discovery-opt` values (`kv.cacertfile`, `kv.username`, …).
+    pub options: BTreeMap<String, String>,
+    /// How long to wait when dialling the store.
+    pub connect_timeout: Duration,
+}
+
+/// A store's election, followed.
+///
+/// `run` sends events until the receiver is dropped. It never returns on a store error:
+/// it reports [`LeaderEvent::Degraded`], reconnects with [`backoff::Backoff`] and goes on,
+/// because a store outage must never drop the last known leader.
+#[async_trait]
+pub trait LeaderSource: Send + 'static {
+    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>);
+}
+
+/// A configuration the backends cannot follow.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("--discovery-opt {option}: {reason}")]
+    Option { option: String, reason: String },
+}
+
+/// Builds the backend for `config.url`'s scheme.
+pub fn source_for(config: SourceConfig) -> Result<Box<dyn LeaderSource>, SourceError> {
+    match config.url.scheme() {
+        Scheme::Etcd => Ok(Box::new(etcd2::Etcd2Source::new(config)?)),
+        Scheme::EtcdV3 => Ok(Box::new(etcd3::Etcd3Source::new(config)?)),
+        other => Err(SourceError::Unsupported(format!(
+            "the {}:// discovery scheme is not supported yet (supported: etcd://, etcdv3://)",
+            other.as_str()
+        ))),
+    }
+}

@@ -1,0 +1,18 @@
+//! leader-proxy: one stable `DOCKER_HOST` in front of Swarm managers.
+//!
+//! The crate is a library plus a thin binary (`src/main.rs` only wires) so that the tests and
+//! the benchmarks reach the same pieces the binary runs:
+//! - [`discovery`]: one [`discovery::LeaderSource`] per store, turning its election into
+//!   [`discovery::LeaderEvent`]s;
+//! - [`router`]: the current leader, read with one atomic load per request;
+//! - [`proxy`]: the pingora front, the L7 proxy and the hijack relay;
+//! - [`admin`] and [`metrics`]: what operators and load balancers look at.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;

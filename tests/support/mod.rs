@@ -1,0 +1,9 @@
+//! Shared by the integration tests: launchers for the real components (etcd), the simulated
+//! manager, and the proxy itself. Every launcher picks free ports and temp dirs and stops
+//! what it started when dropped, so tests run in parallel.
+//!
+//! Each test binary uses only part of this module.
+#![allow(dead_code)]
+
+pub mod etcd;
+pub mod sim;
