@@ -1,0 +1,485 @@
+//! The command line, as DESIGN.md's "Command line" table fixes it (a contract: scripts and
+//! tests depend on it).
+//!
+//! [`Cli`] holds what one source said, as text: every field is an `Option` or a `Vec`, so
+//! that [`crate::config`] can layer flags over the environment over the `--config` file over
+//! the defaults, and check every value the same way whichever source gave it (an error
+//! names the flag, its variable and its file key). Nothing here has a clap default.
+//!
+//! The environment: every option reads `LEADER_PROXY_` + its long name in upper snake case
+//! (`LEADER_PROXY_HOLD_TIMEOUT`), DISCOVERY reads `LEADER_PROXY_DISCOVERY`. The names are
+//! declared with clap's `env` below, but clap does not read them: [`command`] turns them into
+//! help text, and [`crate::config`] reads the variables itself, from the process
+//! environment or from a map a test passes in (so tests never race on the process
+//! environment). Rules there:
+//! - the variable of a repeatable option (`--listen`, `--discovery-opt`) is a comma-separated
+//!   list; on the command line a comma is NOT a separator (give the flag once per value), so
+//!   `--discovery-opt kv.password=a,b` keeps its comma;
+//! - an empty variable counts as unset;
+//! - `--insecure-bind` and `--tlsverify` take `1/0`, `true/false`, `yes/no`, `on/off` in
+//!   their variables (and as `--insecure-bind=false` on the command line, to override a file).
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, CommandFactory, Parser};
+
+/// Prefix of every environment variable.
+pub const ENV_PREFIX: &str = "LEADER_PROXY_";
+
+const ABOUT: &str = "One stable DOCKER_HOST in front of Swarm managers: follows the leader \
+election and proxies to the current primary";
+
+const LONG_ABOUT: &str = "\
+One stable DOCKER_HOST in front of Swarm managers.
+
+leader-proxy watches the leader election in the store the managers use (etcd, ZooKeeper,
+Consul) or asks the managers themselves, and proxies every Docker API request to the
+current primary. While no primary is reachable it holds requests (--hold-timeout) instead
+of failing them.";
+
+const AFTER_LONG_HELP: &str = "\
+DISCOVERY, written the way `swarm manage` takes it:
+  etcd://HOST:PORT[,HOST:PORT]/PREFIX     etcd, v2 API (classic Swarm)
+  etcdv3://HOST:PORT[,HOST:PORT]/PREFIX   etcd, v3 API
+  zk://HOST:PORT[,HOST:PORT]/PREFIX       ZooKeeper (not supported yet)
+  consul://HOST:PORT/PREFIX               Consul KV (not supported yet)
+  swarm://HOST:PORT[,HOST:PORT]           Docker swarm mode managers (not supported yet)
+  static://HOST:PORT[,HOST:PORT]          probe each manager (not supported yet)
+The leader is read from PREFIX/LEADER-KEY.
+
+Every option can also be set in the environment, as LEADER_PROXY_ + the long flag in upper
+snake case (LEADER_PROXY_HOLD_TIMEOUT=30s; DISCOVERY is LEADER_PROXY_DISCOVERY). The
+variables of repeatable options take a comma-separated list. Or in a TOML file given with
+--config, whose keys are the long flag names (hold-timeout = \"30s\", listen = [\"127.0.0.1:2375\"],
+discovery = \"etcd://127.0.0.1:2379/swarm\"). Flags beat the environment, which beats the file,
+which beats the defaults.
+
+Durations are written like 500ms, 30s, 5m.";
+
+/// `leader-proxy [OPTIONS] <DISCOVERY>`; see the module docs for how the values are layered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
+#[command(
+    name = "leader-proxy",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    after_help = "Every option also reads LEADER_PROXY_<FLAG> from the environment; see --help.",
+    override_usage = "leader-proxy [OPTIONS] <DISCOVERY>"
+)]
+pub struct Cli {
+    /// Where the election is: etcd://, etcdv3://, zk://, consul://, swarm:// or static://
+    /// HOST:PORT[,HOST:PORT][/PREFIX]. Required unless the --config file sets `discovery`.
+    #[arg(value_name = "DISCOVERY", env = "LEADER_PROXY_DISCOVERY")]
+    pub discovery: Option<String>,
+
+    /// Address to serve the Docker API on: HOST:PORT (an IP or localhost; port 0 = any) or
+    /// unix:///PATH. Repeatable. [default: 127.0.0.1:2375]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        action = ArgAction::Append,
+        env = "LEADER_PROXY_LISTEN",
+        help_heading = "Listening"
+    )]
+    pub listen: Vec<String>,
+
+    /// Permissions of unix listeners, in octal. [default: 0660]
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "LEADER_PROXY_SOCKET_MODE",
+        help_heading = "Listening"
+    )]
+    pub socket_mode: Option<String>,
+
+    /// Group of unix listeners. [default: the process's group]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "LEADER_PROXY_SOCKET_GROUP",
+        help_heading = "Listening"
+    )]
+    pub socket_group: Option<String>,
+
+    /// http: the Docker-API-aware proxy; tcp: passthrough of the byte stream. [default: http]
+    #[arg(
+        long,
+        value_name = "http|tcp",
+        env = "LEADER_PROXY_MODE",
+        help_heading = "Listening"
+    )]
+    pub mode: Option<String>,
+
+    /// Allow a non-loopback listener without client certificates (--tlsverify), or a
+    /// non-loopback --admin. The Docker API is root on every node: only for ports something
+    /// else protects.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        env = "LEADER_PROXY_INSECURE_BIND",
+        help_heading = "Listening"
+    )]
+    pub insecure_bind: Option<bool>,
+
+    /// Key under the DISCOVERY prefix that holds the election. [default: docker/swarm/leader]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "LEADER_PROXY_LEADER_KEY",
+        help_heading = "Election"
+    )]
+    pub leader_key: Option<String>,
+
+    /// key: the key's value is the leader (Swarm, libkv). contenders: the key is the parent of
+    /// contender entries and the first one leads (etcdv3:// and zk:// only). [default: key]
+    #[arg(
+        long,
+        value_name = "key|contenders",
+        env = "LEADER_PROXY_ELECTION",
+        help_heading = "Election"
+    )]
+    pub election: Option<String>,
+
+    /// Store option K=V, repeatable: kv.cacertfile, kv.certfile, kv.keyfile (TLS to the
+    /// store), kv.username, kv.password (etcd), kv.auth (ZooKeeper), kv.token (Consul).
+    #[arg(
+        long,
+        value_name = "K=V",
+        action = ArgAction::Append,
+        env = "LEADER_PROXY_DISCOVERY_OPT",
+        hide_env_values = true,
+        help_heading = "Election"
+    )]
+    pub discovery_opt: Vec<String>,
+
+    /// How often swarm:// and static:// managers are polled. [default: 500ms]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "LEADER_PROXY_PROBE_INTERVAL",
+        help_heading = "Election"
+    )]
+    pub probe_interval: Option<String>,
+
+    /// How long a request waits for a reachable leader before 503 (or a connection before
+    /// it is closed, in --mode tcp). [default: 30s]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "LEADER_PROXY_HOLD_TIMEOUT",
+        help_heading = "Proxying"
+    )]
+    pub hold_timeout: Option<String>,
+
+    /// Held requests beyond this many get 503 at once; 0 holds none. [default: 10000]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        env = "LEADER_PROXY_MAX_HELD",
+        help_heading = "Proxying"
+    )]
+    pub max_held: Option<String>,
+
+    /// Timeout for dialling a manager. [default: 2s]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "LEADER_PROXY_CONNECT_TIMEOUT",
+        help_heading = "Proxying"
+    )]
+    pub connect_timeout: Option<String>,
+
+    /// What happens to open connections to the old leader: drain lets them run while it
+    /// lives (up to --drain-timeout), close ends them at the change. [default: drain]
+    #[arg(
+        long,
+        value_name = "drain|close",
+        env = "LEADER_PROXY_ON_LEADER_CHANGE",
+        help_heading = "Proxying"
+    )]
+    pub on_leader_change: Option<String>,
+
+    /// With --on-leader-change drain, close what is still open this long after the change.
+    /// [default: 5m]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "LEADER_PROXY_DRAIN_TIMEOUT",
+        help_heading = "Proxying"
+    )]
+    pub drain_timeout: Option<String>,
+
+    /// On SIGTERM, how long running requests may finish. [default: 30s]
+    #[arg(
+        long,
+        value_name = "DUR",
+        env = "LEADER_PROXY_SHUTDOWN_GRACE",
+        help_heading = "Proxying"
+    )]
+    pub shutdown_grace: Option<String>,
+
+    /// Certificate for TLS to clients (TLS is on with --tlscert and --tlskey).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LEADER_PROXY_TLSCERT",
+        help_heading = "TLS"
+    )]
+    pub tlscert: Option<String>,
+
+    /// Private key for TLS to clients.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LEADER_PROXY_TLSKEY",
+        help_heading = "TLS"
+    )]
+    pub tlskey: Option<String>,
+
+    /// CA that client certificates must be signed by (with --tlsverify).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LEADER_PROXY_TLSCACERT",
+        help_heading = "TLS"
+    )]
+    pub tlscacert: Option<String>,
+
+    /// Require a client certificate signed by --tlscacert.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        env = "LEADER_PROXY_TLSVERIFY",
+        help_heading = "TLS"
+    )]
+    pub tlsverify: Option<bool>,
+
+    /// TLS to the managers with ca.pem, cert.pem and key.pem from DIR (the DOCKER_CERT_PATH
+    /// layout).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LEADER_PROXY_UPSTREAM_CERT_PATH",
+        help_heading = "TLS"
+    )]
+    pub upstream_cert_path: Option<String>,
+
+    /// Admin and metrics listener (/leader, /healthz, /readyz, /metrics), or off.
+    /// [default: 127.0.0.1:9375]
+    #[arg(
+        long,
+        value_name = "ADDR|off",
+        env = "LEADER_PROXY_ADMIN",
+        help_heading = "Operations"
+    )]
+    pub admin: Option<String>,
+
+    /// error, warn, info, debug or trace, or directives like info,leader_proxy=debug.
+    /// [default: info]
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        env = "LEADER_PROXY_LOG_LEVEL",
+        help_heading = "Operations"
+    )]
+    pub log_level: Option<String>,
+
+    /// Log format. [default: text]
+    #[arg(
+        long,
+        value_name = "text|json",
+        env = "LEADER_PROXY_LOG_FORMAT",
+        help_heading = "Operations"
+    )]
+    pub log_format: Option<String>,
+
+    /// TOML file with the same settings; keys are the long flag names.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LEADER_PROXY_CONFIG",
+        help_heading = "Operations"
+    )]
+    pub config: Option<String>,
+}
+
+impl Cli {
+    /// `self`, with what `self` does not set taken from `lower` (a lower-precedence source).
+    /// A list is taken whole: `--listen` given as a flag replaces the file's `listen`.
+    /// (`discovery_opt` is merged per key by [`crate::config`], not here.)
+    pub fn or(self, lower: Cli) -> Cli {
+        fn list(high: Vec<String>, low: Vec<String>) -> Vec<String> {
+            if high.is_empty() {
+                low
+            } else {
+                high
+            }
+        }
+        Cli {
+            discovery: self.discovery.or(lower.discovery),
+            listen: list(self.listen, lower.listen),
+            socket_mode: self.socket_mode.or(lower.socket_mode),
+            socket_group: self.socket_group.or(lower.socket_group),
+            mode: self.mode.or(lower.mode),
+            insecure_bind: self.insecure_bind.or(lower.insecure_bind),
+            leader_key: self.leader_key.or(lower.leader_key),
+            election: self.election.or(lower.election),
+            discovery_opt: list(self.discovery_opt, lower.discovery_opt),
+            probe_interval: self.probe_interval.or(lower.probe_interval),
+            hold_timeout: self.hold_timeout.or(lower.hold_timeout),
+            max_held: self.max_held.or(lower.max_held),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            on_leader_change: self.on_leader_change.or(lower.on_leader_change),
+            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
+            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
+            tlscert: self.tlscert.or(lower.tlscert),
+            tlskey: self.tlskey.or(lower.tlskey),
+            tlscacert: self.tlscacert.or(lower.tlscacert),
+            tlsverify: self.tlsverify.or(lower.tlsverify),
+            upstream_cert_path: self.upstream_cert_path.or(lower.upstream_cert_path),
+            admin: self.admin.or(lower.admin),
+            log_level: self.log_level.or(lower.log_level),
+            log_format: self.log_format.or(lower.log_format),
+            config: self.config.or(lower.config),
+        }
+    }
+}
+
+/// The environment variable of a long flag: `hold-timeout` → `LEADER_PROXY_HOLD_TIMEOUT`.
+pub fn env_name(long: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        long.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// How an option's environment variable is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvKind {
+    /// DISCOVERY.
+    Positional,
+    /// One value.
+    Single,
+    /// A comma-separated list (repeatable options).
+    List,
+    /// A boolean (`1/0`, `true/false`, `yes/no`, `on/off`).
+    Bool,
+}
+
+/// Every option that reads the environment: its long name (`None` for DISCOVERY), its
+/// variable and how the variable is read.
+pub fn env_vars() -> Vec<(Option<String>, String, EnvKind)> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|arg| {
+            let var = arg.get_env()?.to_string_lossy().into_owned();
+            let kind = if arg.is_positional() {
+                EnvKind::Positional
+            } else if arg.is_require_equals_set() {
+                // Only the boolean flags take `=VALUE` (`--insecure-bind[=BOOL]`).
+                EnvKind::Bool
+            } else if matches!(arg.get_action(), ArgAction::Append) {
+                EnvKind::List
+            } else {
+                EnvKind::Single
+            };
+            Some((arg.get_long().map(str::to_string), var, kind))
+        })
+        .collect()
+}
+
+/// The command to parse the command line with: [`Cli`]'s, with the environment variables
+/// moved from clap's reading into the help text (see the module docs for why).
+pub fn command() -> clap::Command {
+    Cli::command().mut_args(|arg| {
+        let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+            return arg;
+        };
+        let note = format!(" [env: {var}]");
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default() + &note;
+        let long_help = arg.get_long_help().map(|h| h.to_string() + &note);
+        let arg = arg.env(None).help(help);
+        match long_help {
+            Some(long_help) => arg.long_help(long_help),
+            None => arg,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn env_names_follow_the_contract() {
+        let vars = env_vars();
+        for (long, var, _) in &vars {
+            match long {
+                Some(long) => assert_eq!(*var, env_name(long), "--{long}"),
+                None => assert_eq!(var, "LEADER_PROXY_DISCOVERY"),
+            }
+        }
+        // Every option but --help and --version has a variable.
+        let options = Cli::command()
+            .get_arguments()
+            .filter(|a| !matches!(a.get_action(), ArgAction::Help | ArgAction::Version))
+            .count();
+        assert_eq!(vars.len(), options);
+        let kind = |long: &str| {
+            vars.iter()
+                .find(|v| v.0.as_deref() == Some(long))
+                .map(|v| v.2)
+        };
+        assert_eq!(kind("listen"), Some(EnvKind::List));
+        assert_eq!(kind("discovery-opt"), Some(EnvKind::List));
+        assert_eq!(kind("insecure-bind"), Some(EnvKind::Bool));
+        assert_eq!(kind("tlsverify"), Some(EnvKind::Bool));
+        assert_eq!(kind("hold-timeout"), Some(EnvKind::Single));
+    }
+
+    #[test]
+    fn command_does_not_read_the_environment_but_documents_it() {
+        let cmd = command();
+        assert!(cmd.get_arguments().all(|a| a.get_env().is_none()));
+        let help = command().render_long_help().to_string();
+        assert!(help.contains("[env: LEADER_PROXY_HOLD_TIMEOUT]"), "{help}");
+        assert!(help.contains("[env: LEADER_PROXY_DISCOVERY]"), "{help}");
+    }
+
+    #[test]
+    fn a_comma_on_the_command_line_is_kept() {
+        let m = command()
+            .try_get_matches_from(["leader-proxy", "--discovery-opt", "kv.password=a,b", "x"])
+            .unwrap();
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
+        assert_eq!(cli.discovery_opt, ["kv.password=a,b"]);
+    }
+
+    #[test]
+    fn bool_flags_take_an_optional_value_without_eating_discovery() {
+        let parse = |args: &[&str]| {
+            let m = command().try_get_matches_from(args).unwrap();
+            <Cli as clap::FromArgMatches>::from_arg_matches(&m).unwrap()
+        };
+        let cli = parse(&["leader-proxy", "--insecure-bind", "etcd://127.0.0.1:2379"]);
+        assert_eq!(cli.insecure_bind, Some(true));
+        assert_eq!(cli.discovery.as_deref(), Some("etcd://127.0.0.1:2379"));
+        let cli = parse(&["leader-proxy", "--insecure-bind=false"]);
+        assert_eq!(cli.insecure_bind, Some(false));
+        assert_eq!(parse(&["leader-proxy"]), Cli::default());
+    }
+}

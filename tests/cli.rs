@@ -1,0 +1,237 @@
+//! The command line contract (DESIGN.md, "Command line"), checked on the real binary:
+//! `--help` and `--version` exit 0, every refused configuration exits 2 with
+//! `leader-proxy: <message>` on stderr naming what is wrong.
+//!
+//! Every case here is refused before anything is bound or dialled, so no store is needed.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leader-proxy");
+const URL: &str = "etcd://127.0.0.1:2379/swarm";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args` and `vars`, without any `LEADER_PROXY_*` variable of the
+/// test's own environment. A run that does not end within 20 s is killed and fails the test
+/// (these configurations must be refused at once).
+fn run_env(args: &[&str], vars: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("LEADER_PROXY_") {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.envs(vars.iter().copied());
+    let mut child = cmd.spawn().expect("start leader-proxy");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("leader-proxy {args:?} still runs after 20 s; it should have exited");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code(),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+fn run(args: &[&str]) -> Run {
+    run_env(args, &[])
+}
+
+/// Exit status 2 and `leader-proxy: ` + a message containing each of `needles`.
+fn refused(run: &Run, needles: &[&str]) {
+    assert_eq!(run.code, Some(2), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.starts_with("leader-proxy: "),
+        "stderr: {}",
+        run.stderr
+    );
+    for needle in needles {
+        assert!(
+            run.stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn version_prints_the_version() {
+    let r = run(&["--version"]);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stdout.trim(),
+        format!("leader-proxy {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_shows_discovery_the_flags_and_their_variables() {
+    let r = run(&["--help"]);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    for needle in [
+        "Usage: leader-proxy [OPTIONS] <DISCOVERY>",
+        "DISCOVERY",
+        "etcdv3://",
+        "--listen <ADDR>",
+        "--socket-mode",
+        "--socket-group",
+        "--mode",
+        "--leader-key",
+        "--election",
+        "--hold-timeout",
+        "--max-held",
+        "--connect-timeout",
+        "--probe-interval",
+        "--on-leader-change",
+        "--drain-timeout",
+        "--shutdown-grace",
+        "--discovery-opt",
+        "--tlscert",
+        "--tlskey",
+        "--tlscacert",
+        "--tlsverify",
+        "--upstream-cert-path",
+        "--insecure-bind",
+        "--admin",
+        "--log-level",
+        "--log-format",
+        "--config",
+        "--version",
+        "LEADER_PROXY_HOLD_TIMEOUT",
+        "LEADER_PROXY_DISCOVERY",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "--help lacks {needle:?}:\n{}",
+            r.stdout
+        );
+    }
+    let short = run(&["-h"]);
+    assert_eq!(short.code, Some(0));
+    assert!(short.stdout.contains("--hold-timeout"), "{}", short.stdout);
+}
+
+#[test]
+fn a_bad_flag_value_exits_2_naming_the_flag() {
+    let r = run(&["--hold-timeout", "abc", URL]);
+    refused(
+        &r,
+        &["invalid value \"abc\" for --hold-timeout (also LEADER_PROXY_HOLD_TIMEOUT / hold-timeout)"],
+    );
+}
+
+#[test]
+fn a_bad_environment_value_exits_2_naming_the_flag() {
+    let r = run_env(&[URL], &[("LEADER_PROXY_MAX_HELD", "many")]);
+    refused(&r, &["--max-held", "LEADER_PROXY_MAX_HELD", "\"many\""]);
+}
+
+#[test]
+fn an_unknown_flag_exits_2() {
+    let r = run(&["--no-such-flag", URL]);
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("--no-such-flag"), "{}", r.stderr);
+}
+
+#[test]
+fn a_missing_discovery_exits_2() {
+    refused(&run(&[]), &["DISCOVERY is required"]);
+}
+
+#[test]
+fn a_bad_discovery_url_exits_2() {
+    refused(
+        &run(&["127.0.0.1:2379"]),
+        &["invalid DISCOVERY \"127.0.0.1:2379\""],
+    );
+}
+
+#[test]
+fn contenders_with_etcd_v2_exits_2() {
+    let r = run(&["--election", "contenders", URL]);
+    refused(
+        &r,
+        &["--election contenders is only supported for etcdv3:// and zk://"],
+    );
+}
+
+#[test]
+fn a_non_loopback_listener_needs_insecure_bind() {
+    let r = run(&["--listen", "0.0.0.0:0", URL]);
+    refused(
+        &r,
+        &[
+            "--listen 0.0.0.0:0",
+            "The Docker API is root on every node",
+            "--insecure-bind",
+        ],
+    );
+    let r = run(&["--admin", "0.0.0.0:0", URL]);
+    refused(&r, &["--admin 0.0.0.0:0", "--insecure-bind"]);
+}
+
+#[test]
+fn an_unknown_toml_key_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("leader-proxy.toml");
+    std::fs::write(
+        &file,
+        "discovery = \"etcd://127.0.0.1:2379\"\nhold_timout = \"3s\"\n",
+    )
+    .expect("write config");
+    let path = file.to_str().expect("utf-8 temp path");
+    let r = run(&["--config", path]);
+    refused(&r, &["--config", "hold_timout"]);
+}
+
+#[test]
+fn a_scheme_not_built_yet_exits_2() {
+    let r = run(&["zk://127.0.0.1:2181/swarm"]);
+    refused(
+        &r,
+        &["the zk:// discovery scheme is not supported yet (supported: etcd://, etcdv3://)"],
+    );
+}
+
+#[test]
+fn an_option_not_built_yet_exits_2() {
+    refused(
+        &run(&["--mode", "tcp", URL]),
+        &["--mode tcp is not supported yet"],
+    );
+    refused(
+        &run_env(&[URL], &[("LEADER_PROXY_TLSCERT", "/cert.pem")]),
+        &["--tlscert", "is not supported yet"],
+    );
+}
