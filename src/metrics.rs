@@ -1,0 +1,145 @@
+//! The Prometheus metrics, in one registry served by the admin listener at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::discovery::LeaderAddr;
+use crate::router::State;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Leader changes since start (the first leader counts).
+    pub leader_changes: IntCounter,
+    /// 1 for the current leader's address; the previous leader's series is removed.
+    leader: IntGaugeVec,
+    /// 1 for the current state (`leader`, `no_leader`, `degraded`), 0 for the others.
+    state: IntGaugeVec,
+    /// Requests answered, by HTTP status (hijacked connections count with 101).
+    pub requests: IntCounterVec,
+    /// Requests waiting for a reachable leader right now.
+    pub held: IntGauge,
+    /// How long held requests waited (served or not).
+    pub hold_seconds: Histogram,
+    /// Requests sent again: `connect` (dial failed, any method) or `idempotent` (after
+    /// the request was written).
+    pub retries: IntCounterVec,
+    /// Store outages seen (each `degraded` report).
+    pub store_errors: IntCounter,
+    /// Leader values ignored because they are not addresses.
+    pub rejected_values: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let leader_changes = IntCounter::new(
+            "leader_proxy_leader_changes_total",
+            "Leader changes since start",
+        )
+        .expect("valid metric");
+        let leader = IntGaugeVec::new(
+            Opts::new("leader_proxy_leader", "1 for the current leader's address"),
+            &["address"],
+        )
+        .expect("valid metric");
+        let state = IntGaugeVec::new(
+            Opts::new("leader_proxy_state", "1 for the current election state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new("leader_proxy_requests_total", "Requests answered, by status"),
+            &["code"],
+        )
+        .expect("valid metric");
+        let held = IntGauge::new(
+            "leader_proxy_held_requests",
+            "Requests waiting for a reachable leader",
+        )
+        .expect("valid metric");
+        let hold_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "leader_proxy_hold_seconds",
+                "Time requests spent waiting for a reachable leader",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new("leader_proxy_retries_total", "Requests sent again, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounter::new(
+            "leader_proxy_store_errors_total",
+            "Store outages reported by the discovery backend",
+        )
+        .expect("valid metric");
+        let rejected_values = IntCounter::new(
+            "leader_proxy_rejected_leader_values_total",
+            "Leader values ignored because they are not addresses",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(leader_changes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leader.clone()),
+            Box::new(state.clone()),
+            Box::new(requests.clone()),
+            Box::new(held.clone()),
+            Box::new(hold_seconds.clone()),
+            Box::new(retries.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(rejected_values.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            leader_changes,
+            leader,
+            state,
+            requests,
+            held,
+            hold_seconds,
+            retries,
+            store_errors,
+            rejected_values,
+        }
+    }
+
+    pub fn set_leader(&self, old: Option<&LeaderAddr>, new: Option<&LeaderAddr>) {
+        if let Some(old) = old {
+            // Ignored error: the series may not exist (first leader).
+            let _ = self.leader.remove_label_values(&[&old.to_string()]);
+        }
+        if let Some(new) = new {
+            self.leader.with_label_values(&[&new.to_string()]).set(1);
+        }
+    }
+
+    pub fn set_state(&self, current: State) {
+        for state in [State::Leader, State::NoLeader, State::Degraded] {
+            self.state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == current));
+        }
+    }
+
+    /// The registry in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,131 @@
+//! The hijack relay: requests carrying `Upgrade` (attach, exec, BuildKit's `/session` and
+//! `/grpc`) are not given to pingora, which strips `Upgrade: tcp` and ends the connection
+//! when either side half-closes. Instead the head is written unchanged to the leader and
+//! bytes are copied both ways, each direction's EOF forwarded on its own: `docker run -i`
+//! closes its write side and still reads the output.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::docker_error_body;
+use super::hold::Hold;
+use crate::metrics::Metrics;
+
+pub struct HijackRelay {
+    hold: Arc<Hold>,
+    metrics: Arc<Metrics>,
+    connect_timeout: Duration,
+}
+
+impl HijackRelay {
+    pub fn new(hold: Arc<Hold>, metrics: Arc<Metrics>, connect_timeout: Duration) -> Self {
+        Self {
+            hold,
+            metrics,
+            connect_timeout,
+        }
+    }
+
+    /// Relays one upgraded request; `head` is everything read from the client so far.
+    pub async fn relay<C>(&self, client: &mut C, head: BytesMut)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let summary = request_line(&head);
+        let mut state = self.hold.start();
+        let mut upstream = loop {
+            let addr = match self.hold.next_upstream(&mut state).await {
+                Ok(addr) => addr,
+                Err(e) => {
+                    self.reject(client, &e.to_string()).await;
+                    self.log(&summary, 503, None, started, 0, 0);
+                    return;
+                }
+            };
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => break stream,
+                Ok(Err(e)) => debug!(%addr, error = %e, "hijack: dial failed"),
+                Err(_) => debug!(%addr, "hijack: dial timed out"),
+            }
+            state.mark_failed();
+            self.metrics.retries.with_label_values(&["connect"]).inc();
+        };
+        let upstream_addr = state.upstream();
+        let _ = upstream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&upstream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3),
+        );
+        if let Err(e) = upstream.write_all(&head).await {
+            // Nothing can be known about whether the leader saw the request: never resend.
+            self.reject_with(client, 502, &format!("the Swarm primary closed the connection (leader-proxy): {e}"))
+                .await;
+            self.log(&summary, 502, upstream_addr, started, 0, 0);
+            return;
+        }
+        let (up, down) = match tokio::io::copy_bidirectional(client, &mut upstream).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                debug!(error = %e, "hijacked connection ended with an error");
+                (0, 0)
+            }
+        };
+        self.log(&summary, 101, upstream_addr, started, up, down);
+    }
+
+    async fn reject<C: AsyncWrite + Unpin>(&self, client: &mut C, message: &str) {
+        self.reject_with(client, 503, message).await;
+    }
+
+    async fn reject_with<C: AsyncWrite + Unpin>(&self, client: &mut C, code: u16, message: &str) {
+        let body = docker_error_body(message);
+        let reason = if code == 503 { "Service Unavailable" } else { "Bad Gateway" };
+        let head = format!(
+            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        // The client may be gone already; there is nobody left to tell.
+        let _ = client.write_all(head.as_bytes()).await;
+        let _ = client.write_all(&body).await;
+        let _ = client.shutdown().await;
+    }
+
+    fn log(
+        &self,
+        request: &str,
+        status: u16,
+        upstream: Option<std::net::SocketAddr>,
+        started: Instant,
+        bytes_up: u64,
+        bytes_down: u64,
+    ) {
+        self.metrics
+            .requests
+            .with_label_values(&[super::http::status_label(status)])
+            .inc();
+        info!(
+            target: "access",
+            request,
+            status,
+            upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_up,
+            bytes_down,
+            "hijacked request"
+        );
+    }
+}
+
+/// The request line, for the access log.
+fn request_line(head: &[u8]) -> String {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned()
+}

@@ -1,0 +1,231 @@
+//! The L7 path: pingora's HTTP proxy with leader-proxy's choice of upstream, retry rules and
+//! Docker-style errors. Requests carrying `Upgrade` never come here (see [`super::front`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::Method;
+use pingora_core::protocols::l4::ext::TcpKeepalive;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tracing::info;
+
+use super::docker_error_body;
+use super::hold::{Hold, HoldState};
+use crate::metrics::Metrics;
+
+/// How long an idle upstream TCP connection waits before the kernel probes it: long streams
+/// (`logs -f`, `events`) to a manager whose host vanished must end, not hang.
+pub fn upstream_keepalive() -> TcpKeepalive {
+    TcpKeepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(10),
+        count: 3,
+        #[cfg(target_os = "linux")]
+        user_timeout: Duration::ZERO,
+    }
+}
+
+/// The [`ProxyHttp`] of leader-proxy: where requests go and what happens when that fails.
+pub struct DockerApi {
+    hold: Arc<Hold>,
+    metrics: Arc<Metrics>,
+    connect_timeout: Duration,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    hold: HoldState,
+    /// A written idempotent request is sent again at most once.
+    written_retry_used: bool,
+    /// Set by a hold that ended without an upstream: the message for the 503.
+    hold_error: Option<String>,
+}
+
+impl DockerApi {
+    pub fn new(hold: Arc<Hold>, metrics: Arc<Metrics>, connect_timeout: Duration) -> Self {
+        Self {
+            hold,
+            metrics,
+            connect_timeout,
+        }
+    }
+}
+
+/// The methods DESIGN.md calls idempotent: only these are ever sent twice after being
+/// written (PUT and DELETE are idempotent in HTTP but not in what Docker does with them).
+fn may_resend(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+#[async_trait]
+impl ProxyHttp for DockerApi {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            hold: self.hold.start(),
+            written_retry_used: false,
+            hold_error: None,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let addr = match self.hold.next_upstream(&mut ctx.hold).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                let message = e.to_string();
+                ctx.hold_error = Some(message.clone());
+                return Err(Error::explain(ErrorType::HTTPStatus(503), message));
+            }
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.tcp_keepalive = Some(upstream_keepalive());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was written: any method may go to the next reachable leader.
+        ctx.hold.mark_failed();
+        self.metrics.retries.with_label_values(&["connect"]).inc();
+        e.set_retry(true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("upstream {}", peer._address));
+        let resend = e.esource() == &ErrorSource::Upstream
+            && may_resend(&session.req_header().method)
+            && !ctx.written_retry_used
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated();
+        if resend {
+            ctx.written_retry_used = true;
+            self.metrics.retries.with_label_values(&["idempotent"]).inc();
+        }
+        e.set_retry(resend);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let (code, message) = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => (
+                *code,
+                ctx.hold_error
+                    .take()
+                    .unwrap_or_else(|| format!("leader-proxy: {e}")),
+            ),
+            (_, ErrorSource::Upstream) => (
+                502,
+                format!("the Swarm primary failed while answering (leader-proxy): {e}"),
+            ),
+            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => {
+                (0, String::new())
+            }
+            (_, ErrorSource::Downstream) => (400, format!("bad request (leader-proxy): {e}")),
+            _ => (500, format!("leader-proxy internal error: {e}")),
+        };
+        if code > 0 {
+            let body = docker_error_body(&message);
+            if let Ok(mut resp) = ResponseHeader::build(code, Some(3)) {
+                // The header values are static and valid; a failure here cannot happen.
+                let _ = resp.insert_header("Content-Type", "application/json");
+                let _ = resp.insert_header("Content-Length", body.len());
+                let _ = session.write_error_response(resp, body).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _warn_context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Retries are part of holding; the access log line and the retry metric tell them.
+        true
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // A hold that timed out is answered with 503 and logged by `logging`.
+        ctx.hold_error.is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics
+            .requests
+            .with_label_values(&[status_label(status)])
+            .inc();
+        let req = session.req_header();
+        let upstream = ctx.hold.upstream().map(DisplayAddr);
+        info!(
+            target: "access",
+            method = %req.method,
+            path = %req.uri,
+            status,
+            upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            error = %e.map_or_else(String::new, |e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+struct DisplayAddr(SocketAddr);
+
+impl std::fmt::Display for DisplayAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Status codes as static label values: no allocation per request.
+pub fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "0",
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,16 @@
+//! Client traffic: listeners accept connections, the [`front::Front`] reads each request
+//! head and sends it down the L7 path ([`http::DockerApi`] on pingora) or, for requests
+//! carrying `Upgrade`, through the [`hijack`] relay. Both ask [`hold::Hold`] for the
+//! upstream, so they wait and retry the same way.
+
+pub mod front;
+pub mod head;
+pub mod hijack;
+pub mod hold;
+pub mod http;
+pub mod listener;
+
+/// A Docker-style error body (`{"message": "…"}`), which the docker CLI prints as is.
+pub fn docker_error_body(message: &str) -> bytes::Bytes {
+    serde_json::json!({ "message": message }).to_string().into()
+}

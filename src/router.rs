@@ -1,0 +1,259 @@
+//! The current leader, shared by every listener and the admin API.
+//!
+//! Reading the leader on the request path is one atomic load ([`Router::current`]): no lock,
+//! no allocation. Writes happen only when a [`LeaderEvent`] arrives, in [`Router::follow`].
+//! A request that finds no reachable leader waits with [`Router::wait_for_change`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::discovery::{LeaderAddr, LeaderEvent};
+use crate::metrics::Metrics;
+
+/// What the proxy believes about the election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// A leader is known and the store is reachable.
+    Leader,
+    /// The election is open (or not seen yet): requests are held.
+    NoLeader,
+    /// The store is unreachable; the last leader (if any) is kept.
+    Degraded,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Leader => "leader",
+            State::NoLeader => "no_leader",
+            State::Degraded => "degraded",
+        }
+    }
+}
+
+/// The primary to send traffic to: the address as the election named it, resolved once
+/// when it was adopted so the request path never resolves names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: LeaderAddr,
+    pub socket: SocketAddr,
+}
+
+/// One immutable view of the election; replaced whole on every change.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub leader: Option<Upstream>,
+    pub state: State,
+    /// When `state` began (wall clock, for `/leader`).
+    pub since: SystemTime,
+    /// Since when no leader has been known (monotonic, for `/readyz`); `None` while one is.
+    pub leaderless_since: Option<Instant>,
+    /// Number of leader changes since start (the first leader counts as one).
+    pub changes: u64,
+    /// Bumped whenever `leader` changes; held requests wait for it to move.
+    pub generation: u64,
+}
+
+pub struct Router {
+    current: ArcSwap<Snapshot>,
+    generation: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    source: &'static str,
+}
+
+impl Router {
+    /// A router with no leader yet; `source` is the discovery scheme shown by `/leader`.
+    pub fn new(source: &'static str, metrics: Arc<Metrics>) -> Self {
+        let now = Instant::now();
+        let snapshot = Snapshot {
+            leader: None,
+            state: State::NoLeader,
+            since: SystemTime::now(),
+            leaderless_since: Some(now),
+            changes: 0,
+            generation: 0,
+        };
+        metrics.set_state(State::NoLeader);
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            generation: watch::channel(0).0,
+            metrics,
+            source,
+        }
+    }
+
+    /// The current view: one atomic load.
+    #[inline]
+    pub fn current(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// True while requests should be sent here: a leader is known (even if the store is
+    /// degraded), or the election has been open for less than `hold_timeout` (requests are
+    /// held, not refused, so a load balancer must not drop every proxy at once).
+    pub fn is_ready(&self, hold_timeout: Duration) -> bool {
+        match self.current().leaderless_since {
+            None => true,
+            Some(since) => since.elapsed() < hold_timeout,
+        }
+    }
+
+    /// Waits until the leader changes from generation `seen`, or until `deadline`.
+    /// Returns true if it changed.
+    pub async fn wait_for_change(&self, seen: u64, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.generation.subscribe();
+        if *rx.borrow_and_update() != seen {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout_at(deadline, rx.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Applies the events of a [`crate::discovery::LeaderSource`] until it stops.
+    pub async fn follow(&self, mut events: mpsc::Receiver<LeaderEvent>) {
+        while let Some(event) = events.recv().await {
+            self.apply(event).await;
+        }
+    }
+
+    /// Applies one event. Public so tests and benchmarks can drive the router directly.
+    pub async fn apply(&self, event: LeaderEvent) {
+        match event {
+            LeaderEvent::Leader(name) => match resolve(&name).await {
+                Ok(socket) => self.adopt(Some(Upstream { name, socket }), State::Leader),
+                Err(reason) => self.reject(name.to_string(), &reason),
+            },
+            LeaderEvent::NoLeader => self.adopt(None, State::NoLeader),
+            LeaderEvent::Degraded(reason) => {
+                self.metrics.store_errors.inc();
+                warn!(%reason, "store unreachable; keeping the last leader");
+                let old = self.current();
+                if old.state != State::Degraded {
+                    self.store(Snapshot {
+                        state: State::Degraded,
+                        since: SystemTime::now(),
+                        ..Snapshot::clone(&old)
+                    });
+                }
+            }
+            LeaderEvent::Rejected { value, reason } => self.reject(value, &reason.to_string()),
+        }
+    }
+
+    fn reject(&self, value: String, reason: &str) {
+        self.metrics.rejected_values.inc();
+        // The value comes from the store: log it escaped and bounded.
+        let shown: String = value.chars().take(200).collect();
+        warn!(value = ?shown, %reason, "ignoring invalid leader value; keeping the last leader");
+    }
+
+    fn adopt(&self, leader: Option<Upstream>, state: State) {
+        let old = self.current();
+        if old.leader == leader && old.state == state {
+            return;
+        }
+        let leader_changed = old.leader != leader;
+        let changes = old.changes + u64::from(leader_changed && leader.is_some());
+        let generation = old.generation + u64::from(leader_changed);
+        let leaderless_since = match (&leader, old.leaderless_since) {
+            (Some(_), _) => None,
+            (None, Some(since)) => Some(since),
+            (None, None) => Some(Instant::now()),
+        };
+        if leader_changed {
+            if leader.is_some() {
+                self.metrics.leader_changes.inc();
+            }
+            match &leader {
+                Some(up) => info!("New leader elected: {}", up.name),
+                None => info!("No leader: the election is open; holding requests"),
+            }
+            self.metrics
+                .set_leader(old.leader.as_ref().map(|u| &u.name), leader.as_ref().map(|u| &u.name));
+        }
+        self.store(Snapshot {
+            leader,
+            state,
+            since: SystemTime::now(),
+            leaderless_since,
+            changes,
+            generation,
+        });
+    }
+
+    fn store(&self, snapshot: Snapshot) {
+        let (generation, state) = (snapshot.generation, snapshot.state);
+        self.current.store(Arc::new(snapshot));
+        self.metrics.set_state(state);
+        self.generation.send_replace(generation);
+    }
+}
+
+/// Resolves a leader's host once, when it is adopted. A name that does not resolve cannot
+/// be dialled, so it is treated like any other unusable value: the last leader stays.
+async fn resolve(name: &LeaderAddr) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host((name.host(), name.port()))
+        .await
+        .map_err(|e| format!("cannot resolve {name}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{name} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(s: &str) -> LeaderEvent {
+        LeaderEvent::Leader(LeaderAddr::parse(s).unwrap())
+    }
+
+    #[tokio::test]
+    async fn keeps_the_last_leader_through_outages_and_garbage() {
+        let router = Router::new("etcd", Arc::new(Metrics::new()));
+        assert!(router.current().leader.is_none());
+        router.apply(leader("127.0.0.1:1001")).await;
+        let first = router.current().generation;
+        router.apply(LeaderEvent::Degraded("down".into())).await;
+        router
+            .apply(LeaderEvent::Rejected {
+                value: "garbage".into(),
+                reason: crate::discovery::ValueError::MissingPort,
+            })
+            .await;
+        let now = router.current();
+        assert_eq!(now.state, State::Degraded);
+        assert_eq!(now.leader.as_ref().unwrap().name.to_string(), "127.0.0.1:1001");
+        assert_eq!(now.generation, first);
+        router.apply(leader("127.0.0.1:1001")).await;
+        assert_eq!(router.current().state, State::Leader);
+        assert_eq!(router.current().changes, 1);
+    }
+
+    #[tokio::test]
+    async fn wakes_held_requests_on_change() {
+        let router = Arc::new(Router::new("etcd", Arc::new(Metrics::new())));
+        let waiter = {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                router.wait_for_change(0, deadline).await
+            })
+        };
+        tokio::task::yield_now().await;
+        router.apply(leader("127.0.0.1:1002")).await;
+        assert!(waiter.await.unwrap());
+        assert!(router.is_ready(Duration::from_secs(1)));
+    }
+}
