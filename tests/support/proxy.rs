@@ -1,0 +1,147 @@
+//! Runs the real `leader-proxy` binary for a test: free ports (port 0, read back from the
+//! `Listening on ADDR` log line), logs kept for the failure message, stopped on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts `leader-proxy --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS…` and waits until
+    /// both listeners are bound.
+    pub fn start(args: &[&str]) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-level", "info,access=debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start leader-proxy");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addr) = line.split("Admin listening on ").nth(1) {
+                        let _ = tx.send(("admin", addr.trim().to_string()));
+                    } else if let Some(addr) = line.split("Listening on ").nth(1) {
+                        let _ = tx.send(("listen", addr.trim().to_string()));
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (mut addr, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while addr.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("admin", a)) => admin = Some(a.parse().expect("admin addr")),
+                Ok((_, a)) => addr = Some(a.parse().expect("listen addr")),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "leader-proxy did not start listening; its log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        }
+        Proxy {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            log,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The value of a metric line (`name{labels} value`) from `/metrics`, summed over
+    /// the series whose line starts with `prefix`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let text = super::http::get_text(&self.admin_url("/metrics"));
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// `/leader` as JSON.
+    pub fn leader(&self) -> serde_json::Value {
+        serde_json::from_str(&super::http::get_text(&self.admin_url("/leader"))).expect("json")
+    }
+
+    /// Polls `/leader` until `check` holds; panics with the proxy log after `timeout`.
+    pub fn wait_for_leader(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.leader();
+            if check(&now) {
+                return now;
+            }
+            if Instant::now() > deadline {
+                panic!("/leader stayed {now}; proxy log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
+}
