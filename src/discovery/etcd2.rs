@@ -1,0 +1,649 @@
+//! etcd's v2 API (`etcd://`), the store classic Swarm elects its primary in.
+//!
+//! docker/leadership (through libkv) holds the lock by creating `<prefix>/docker/swarm/leader`
+//! with `prevExist=false` and a TTL, and refreshes it every TTL/3 while it leads. So the key's
+//! value is the leader while the key exists; an `expire` or a delete ends the reign. The v2
+//! API is plain HTTP/JSON, spoken here on reqwest: no maintained crate speaks it any more.
+//!
+//! Also home of what both etcd backends share ([`Announcer`], [`Link`], [`follow`],
+//! [`credentials`]): the v3 backend differs only in how one session reads and watches.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::backoff::Backoff;
+use super::{Election, LeaderAddr, LeaderEvent, LeaderSource, SourceConfig, SourceError};
+
+/// How long a store may take to answer once connected. A quorum read on a healthy cluster
+/// takes milliseconds; one that loses its quorum never answers, and must count as an outage.
+pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A v2 watch can stay silent for hours, and a store that vanished without closing the
+/// connection (power loss, partition) would leave it silent forever: re-issuing the watch
+/// this often bounds how long such an outage goes unnoticed.
+const WATCH_WINDOW: Duration = Duration::from_secs(60);
+
+/// A session that lasted this long proves the store healthy again, so the next failure
+/// retries quickly instead of continuing a grown backoff.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// etcd v2 error codes that are not failures of the store.
+const KEY_NOT_FOUND: u64 = 100;
+const INDEX_CLEARED: u64 = 401;
+
+/// Follows the leader key through etcd's v2 API.
+pub struct Etcd2Source {
+    /// One URL per etcd endpoint, each already pointing at the leader key.
+    keys: Vec<reqwest::Url>,
+    /// The endpoints as the user wrote them, for logs and `Degraded` reasons.
+    hosts: Vec<String>,
+    credentials: Option<(String, String)>,
+    client: reqwest::Client,
+    reply_timeout: Duration,
+}
+
+impl Etcd2Source {
+    pub fn new(config: SourceConfig) -> Result<Self, SourceError> {
+        if config.election == Election::Contenders {
+            return Err(SourceError::Unsupported(
+                "--election contenders is not available for etcd:// (etcd's v2 API has no \
+                 election recipe); use etcdv3://"
+                    .into(),
+            ));
+        }
+        let credentials = credentials(&config.options, "etcd://")?;
+        let path = config.url.path(&config.leader_key);
+        let mut keys = Vec::new();
+        for host in config.url.hosts() {
+            let mut url = reqwest::Url::parse(&format!("http://{host}/v2/keys"))
+                .map_err(|e| SourceError::Unsupported(format!("etcd endpoint {host}: {e}")))?;
+            url.path_segments_mut()
+                .map_err(|()| SourceError::Unsupported(format!("etcd endpoint {host}")))?
+                .extend(path.split('/').filter(|s| !s.is_empty()));
+            keys.push(url);
+        }
+        // The keepalive settings notice a store host that disappeared mid-watch within about a
+        // minute even between two watch windows; a clean shutdown is noticed at once anyway.
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive_interval(Duration::from_secs(10))
+            .tcp_keepalive_retries(3)
+            .build()
+            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self {
+            keys,
+            hosts: config.url.hosts().to_vec(),
+            credentials,
+            client,
+            reply_timeout: config.connect_timeout + REPLY_TIMEOUT,
+        })
+    }
+
+    fn get(&self, url: &reqwest::Url) -> reqwest::RequestBuilder {
+        let request = self.client.get(url.clone());
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+
+    /// Reads the key; returns its value and the index to watch from.
+    async fn read(&self, url: &reqwest::Url) -> Result<(Option<String>, u64), Stop> {
+        let response = self
+            .get(url)
+            // A quorum read, so that a member cut off from its cluster is not believed.
+            .query(&[("quorum", "true")])
+            .timeout(self.reply_timeout)
+            .send()
+            .await
+            .map_err(|e| Stop::store(&e))?;
+        let index = etcd_index(&response);
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| Stop::store(&e))?;
+        let reply = Reply::parse(status, &body)?;
+        match reply.error_code {
+            Some(KEY_NOT_FOUND) => {
+                let index = index.or(reply.index).unwrap_or(0);
+                debug!(key = %url.path(), index, "leader key absent");
+                Ok((None, index + 1))
+            }
+            Some(_) => Err(reply.failure()),
+            None => {
+                let node = reply
+                    .node
+                    .ok_or_else(|| Stop::Store("etcd answered a read without a node".into()))?;
+                let next = index.unwrap_or(node.modified_index) + 1;
+                debug!(key = %url.path(), value = ?node.value, next, "leader key read");
+                Ok((Some(node.leader_value()), next))
+            }
+        }
+    }
+
+    /// Waits for the next change of the key at or after `wait_index`, for one watch window.
+    async fn watch(&self, url: &reqwest::Url, wait_index: u64) -> Result<Watched, Stop> {
+        let request = self
+            .get(url)
+            .query(&[("wait", "true"), ("waitIndex", &wait_index.to_string())])
+            .send();
+        // etcd flushes the headers as soon as the watch is registered; only the body waits.
+        let response = match tokio::time::timeout(self.reply_timeout, request).await {
+            Err(_) => return Err(Stop::Store("etcd did not accept the watch in time".into())),
+            Ok(response) => response.map_err(|e| Stop::store(&e))?,
+        };
+        let status = response.status();
+        let body = match tokio::time::timeout(WATCH_WINDOW, response.bytes()).await {
+            Err(_) => return Ok(Watched::Idle),
+            Ok(body) => body.map_err(|e| Stop::store(&e))?,
+        };
+        let reply = Reply::parse(status, &body)?;
+        match reply.error_code {
+            Some(INDEX_CLEARED) => Ok(Watched::Cleared),
+            Some(_) => Err(reply.failure()),
+            None => {
+                let node = reply
+                    .node
+                    .ok_or_else(|| Stop::Store("etcd answered a watch without a node".into()))?;
+                let action = reply.action.unwrap_or_default();
+                let value = match action.as_str() {
+                    "set" | "update" | "create" | "compareAndSwap" => {
+                        Some(Some(node.leader_value()))
+                    }
+                    "delete" | "compareAndDelete" | "expire" => Some(None),
+                    _ => None,
+                };
+                Ok(Watched::Event {
+                    action,
+                    value,
+                    next: node.modified_index + 1,
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Session for Etcd2Source {
+    async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
+        let url = &self.keys[endpoint];
+        let result: Result<Infallible, Stop> = async {
+            'read: loop {
+                let (value, mut wait_index) = self.read(url).await?;
+                link.read(value.as_deref()).await?;
+                loop {
+                    match self.watch(url, wait_index).await? {
+                        Watched::Event {
+                            action,
+                            value: Some(value),
+                            next,
+                        } => {
+                            debug!(%action, ?value, index = next - 1, "leader key changed");
+                            wait_index = next;
+                            link.changed(value.as_deref()).await?;
+                        }
+                        Watched::Event { action, .. } => {
+                            debug!(%action, "unexpected action on the leader key; reading it again");
+                            continue 'read;
+                        }
+                        Watched::Idle => debug!(wait_index, "watch window over; watching again"),
+                        Watched::Cleared => {
+                            // More than 1000 writes to the store since `wait_index`: what
+                            // happened to the key in between is gone, but its state is not.
+                            debug!(wait_index, "etcd cleared the watched index; reading again");
+                            continue 'read;
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(never) => match never {},
+            Err(stop) => stop,
+        }
+    }
+}
+
+#[async_trait]
+impl LeaderSource for Etcd2Source {
+    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
+        let hosts = self.hosts.clone();
+        follow(&*self, "etcd", &hosts, &events).await;
+    }
+}
+
+/// What one watch request brought.
+enum Watched {
+    /// The key changed. `value` is `None` for an action this backend does not know, which
+    /// is answered by reading the key again rather than guessing.
+    Event {
+        action: String,
+        value: Option<Option<String>>,
+        next: u64,
+    },
+    /// Nothing happened during the watch window.
+    Idle,
+    /// `waitIndex` fell out of etcd's event history (error 401).
+    Cleared,
+}
+
+/// A v2 reply: an event, a read, or an error, all in one shape.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Reply {
+    action: Option<String>,
+    node: Option<Node>,
+    error_code: Option<u64>,
+    message: Option<String>,
+    cause: Option<String>,
+    index: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Node {
+    value: Option<String>,
+    #[serde(default)]
+    dir: bool,
+    #[serde(default)]
+    modified_index: u64,
+}
+
+impl Node {
+    /// A directory where the leader key should be has no value: it is reported as an empty
+    /// (rejected) value, not as an open election, since somebody did write there.
+    fn leader_value(&self) -> String {
+        if self.dir {
+            warn!("the leader key is a directory in etcd");
+        }
+        self.value.clone().unwrap_or_default()
+    }
+}
+
+impl Reply {
+    fn parse(status: reqwest::StatusCode, body: &[u8]) -> Result<Self, Stop> {
+        let reply: Self = serde_json::from_slice(body).map_err(|_| {
+            let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                // What etcd 3.4+ answers on /v2/keys when it runs without `--enable-v2`.
+                Stop::Store(format!(
+                    "etcd's v2 API answered 404 {:?}: is etcd started with --enable-v2?",
+                    text.trim()
+                ))
+            } else {
+                Stop::Store(format!(
+                    "unexpected etcd reply (HTTP {status}): {:?}",
+                    text.trim()
+                ))
+            }
+        })?;
+        // Errors outside the keys API (authentication) carry a message but no errorCode.
+        if reply.error_code.is_none() && !status.is_success() {
+            return Err(Stop::Store(format!(
+                "etcd answered HTTP {status}: {}",
+                reply.message.as_deref().unwrap_or("")
+            )));
+        }
+        Ok(reply)
+    }
+
+    fn failure(&self) -> Stop {
+        Stop::Store(format!(
+            "etcd error {}: {}{}",
+            self.error_code.unwrap_or_default(),
+            self.message.as_deref().unwrap_or(""),
+            self.cause
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        ))
+    }
+}
+
+fn etcd_index(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("x-etcd-index")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Checks the `--discovery-opt` values for an etcd backend and returns the credentials.
+///
+/// TLS is refused rather than ignored: following a store in clear text when the user asked
+/// for TLS would send the store's traffic unprotected without anyone noticing.
+pub(super) fn credentials(
+    options: &BTreeMap<String, String>,
+    scheme: &str,
+) -> Result<Option<(String, String)>, SourceError> {
+    for option in options.keys() {
+        match option.as_str() {
+            "kv.username" | "kv.password" => {}
+            "kv.cacertfile" | "kv.certfile" | "kv.keyfile" => {
+                return Err(SourceError::Unsupported(format!(
+                    "--discovery-opt {option}: TLS to etcd is not supported yet"
+                )))
+            }
+            _ => {
+                return Err(SourceError::Option {
+                    option: option.clone(),
+                    reason: format!(
+                        "not an option for {scheme} (known: kv.username, kv.password, \
+                         kv.cacertfile, kv.certfile, kv.keyfile)"
+                    ),
+                })
+            }
+        }
+    }
+    match (options.get("kv.username"), options.get("kv.password")) {
+        (None, None) => Ok(None),
+        (Some(user), Some(password)) => Ok(Some((user.clone(), password.clone()))),
+        (Some(_), None) => Err(SourceError::Option {
+            option: "kv.username".into(),
+            reason: "needs kv.password too".into(),
+        }),
+        (None, Some(_)) => Err(SourceError::Option {
+            option: "kv.password".into(),
+            reason: "needs kv.username too".into(),
+        }),
+    }
+}
+
+/// Why a session ended.
+pub(super) enum Stop {
+    /// The receiver is gone: the source has nobody to talk to.
+    Closed,
+    /// The store failed (unreachable, broken stream, timeout, an error answer).
+    Store(String),
+}
+
+impl Stop {
+    /// The error with its causes: reqwest's top-level message alone ("error sending
+    /// request") does not say whether the store refused, timed out or reset.
+    pub(super) fn store(error: &dyn std::error::Error) -> Self {
+        Self::store_with(error.to_string(), error.source())
+    }
+
+    /// `text`, then each cause that does not repeat what is already said.
+    pub(super) fn store_with(
+        mut text: String,
+        mut source: Option<&(dyn std::error::Error + 'static)>,
+    ) -> Self {
+        while let Some(cause) = source {
+            let message = cause.to_string();
+            if !text.contains(&message) {
+                text.push_str(": ");
+                text.push_str(&message);
+            }
+            source = cause.source();
+        }
+        Stop::Store(text)
+    }
+}
+
+impl From<Closed> for Stop {
+    fn from(_: Closed) -> Self {
+        Stop::Closed
+    }
+}
+
+/// The events receiver was dropped.
+pub(super) struct Closed;
+
+/// What was last told about the leader, so that the same state read again (a TTL refresh,
+/// a re-read after a cleared index or a compaction) tells the router nothing new.
+#[derive(Debug, Default)]
+pub(super) struct Announcer {
+    /// `None`: nothing told yet (or forgotten after an outage); `Some(None)`: no leader.
+    announced: Option<Option<LeaderAddr>>,
+    /// The garbage value last rejected, so a garbage value refreshed is rejected only once.
+    rejected: Option<String>,
+}
+
+impl Announcer {
+    /// After an outage the router must hear the current state even if it did not change:
+    /// that is how it learns the store is back.
+    pub(super) fn forget(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Tells the router what the store now holds (`None`: no leader), if that changes what
+    /// the proxy does.
+    pub(super) async fn observe(
+        &mut self,
+        value: Option<&str>,
+        events: &mpsc::Sender<LeaderEvent>,
+    ) -> Result<(), Closed> {
+        let event = match value {
+            None => {
+                self.rejected = None;
+                if self.announced == Some(None) {
+                    return Ok(());
+                }
+                self.announced = Some(None);
+                LeaderEvent::NoLeader
+            }
+            Some(raw) => match LeaderAddr::parse(raw) {
+                Ok(addr) => {
+                    self.rejected = None;
+                    if self.announced.as_ref() == Some(&Some(addr.clone())) {
+                        return Ok(());
+                    }
+                    self.announced = Some(Some(addr.clone()));
+                    LeaderEvent::Leader(addr)
+                }
+                Err(reason) => {
+                    if self.rejected.as_deref() == Some(raw) {
+                        return Ok(());
+                    }
+                    warn!(value = ?raw.chars().take(200).collect::<String>(), %reason,
+                        "the store holds an invalid leader value");
+                    self.rejected = Some(raw.to_string());
+                    LeaderEvent::Rejected {
+                        value: raw.to_string(),
+                        reason,
+                    }
+                }
+            },
+        };
+        debug!(?event, "announcing");
+        events.send(event).await.map_err(|_| Closed)
+    }
+}
+
+/// A session's line to the router: announces what it reads, and remembers whether the
+/// store was unreachable so that the first read after an outage is announced in full.
+pub(super) struct Link<'a> {
+    events: &'a mpsc::Sender<LeaderEvent>,
+    announcer: Announcer,
+    degraded: bool,
+    connected_at: Option<Instant>,
+}
+
+impl<'a> Link<'a> {
+    fn new(events: &'a mpsc::Sender<LeaderEvent>) -> Self {
+        Self {
+            events,
+            announcer: Announcer::default(),
+            degraded: false,
+            connected_at: None,
+        }
+    }
+
+    /// A full read of the election succeeded.
+    pub(super) async fn read(&mut self, value: Option<&str>) -> Result<(), Closed> {
+        self.connected_at.get_or_insert_with(Instant::now);
+        if self.degraded {
+            self.degraded = false;
+            self.announcer.forget();
+            info!("the store is reachable again");
+        }
+        self.announcer.observe(value, self.events).await
+    }
+
+    /// The watch saw the election change.
+    pub(super) async fn changed(&mut self, value: Option<&str>) -> Result<(), Closed> {
+        self.announcer.observe(value, self.events).await
+    }
+
+    async fn outage(&mut self, reason: String) -> Result<(), Closed> {
+        if self.degraded {
+            debug!(%reason, "store still unreachable");
+            return Ok(());
+        }
+        self.degraded = true;
+        warn!(%reason, "store unreachable; keeping the last leader");
+        self.events
+            .send(LeaderEvent::Degraded(reason))
+            .await
+            .map_err(|_| Closed)
+    }
+}
+
+/// One connection to one endpoint: read the election, announce it through the link, watch
+/// it, until the store fails (or the receiver is gone).
+#[async_trait]
+pub(super) trait Session: Sync {
+    async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop;
+}
+
+/// Runs sessions until the receiver is dropped: endpoints are tried in turn, an outage
+/// (every endpoint failed) is reported once, and retries back off with jitter.
+pub(super) async fn follow<S: Session>(
+    source: &S,
+    store: &str,
+    hosts: &[String],
+    events: &mpsc::Sender<LeaderEvent>,
+) {
+    let following = async {
+        let mut link = Link::new(events);
+        let mut backoff = Backoff::for_store();
+        let mut endpoint = 0;
+        let mut failed_reads = 0;
+        loop {
+            link.connected_at = None;
+            let error = match source.session(endpoint, &mut link).await {
+                Stop::Closed => return,
+                Stop::Store(error) => error,
+            };
+            let host = &hosts[endpoint];
+            match link.connected_at {
+                Some(since) => {
+                    // The watch broke: read again, from the same endpoint first. If the
+                    // store is gone that read fails and the outage is reported.
+                    warn!(%host, %error, "lost the {store} watch; reading again");
+                    failed_reads = 0;
+                    if since.elapsed() >= STABLE {
+                        backoff.reset();
+                    }
+                }
+                None => {
+                    debug!(%host, %error, "cannot read the election from {store}");
+                    failed_reads += 1;
+                    endpoint = (endpoint + 1) % hosts.len();
+                    if failed_reads >= hosts.len() {
+                        failed_reads = 0;
+                        let reason = format!("{store} {host}: {error}");
+                        if link.outage(reason).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            backoff.wait().await;
+        }
+    };
+    // A watch may be silent for hours: notice a dropped receiver without waiting for it.
+    tokio::select! {
+        () = following => {}
+        () = events.closed() => {}
+    }
+    debug!("{store} source stopped: nobody listens");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(credentials(&options(&[]), "etcd://").unwrap().is_none());
+        assert_eq!(
+            credentials(
+                &options(&[("kv.username", "u"), ("kv.password", "p")]),
+                "etcd://"
+            )
+            .unwrap(),
+            Some(("u".into(), "p".into()))
+        );
+        assert!(matches!(
+            credentials(&options(&[("kv.cacertfile", "/ca.pem")]), "etcd://"),
+            Err(SourceError::Unsupported(m)) if m.contains("not supported yet")
+        ));
+        assert!(matches!(
+            credentials(&options(&[("kv.token", "x")]), "etcd://"),
+            Err(SourceError::Option { option, .. }) if option == "kv.token"
+        ));
+        assert!(matches!(
+            credentials(&options(&[("kv.password", "p")]), "etcd://"),
+            Err(SourceError::Option { option, .. }) if option == "kv.password"
+        ));
+    }
+
+    #[tokio::test]
+    async fn announces_only_what_changes_the_proxy() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut announcer = Announcer::default();
+        for value in [
+            Some("10.0.0.1:2375"),
+            Some("10.0.0.1:2375"), // TTL refresh
+            Some("garbage"),
+            Some("garbage"), // refreshed garbage
+            Some("junk"),
+            Some("10.0.0.1:2375"), // the kept leader, written again
+            None,
+            None,
+            Some("10.0.0.2:2375"),
+        ] {
+            assert!(announcer.observe(value, &tx).await.is_ok());
+        }
+        announcer.forget();
+        assert!(announcer.observe(Some("10.0.0.2:2375"), &tx).await.is_ok());
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Some(event) = rx.recv().await {
+            seen.push(match event {
+                LeaderEvent::Leader(a) => a.to_string(),
+                LeaderEvent::NoLeader => "none".into(),
+                LeaderEvent::Rejected { value, .. } => format!("rejected {value}"),
+                LeaderEvent::Degraded(_) => "degraded".into(),
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "10.0.0.1:2375",
+                "rejected garbage",
+                "rejected junk",
+                "none",
+                "10.0.0.2:2375",
+                "10.0.0.2:2375"
+            ]
+        );
+    }
+}
