@@ -6,4 +6,6 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod http;
+pub mod proxy;
 pub mod sim;
