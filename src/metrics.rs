@@ -50,7 +50,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let requests = IntCounterVec::new(
-            Opts::new("leader_proxy_requests_total", "Requests answered, by status"),
+            Opts::new(
+                "leader_proxy_requests_total",
+                "Requests answered, by status",
+            ),
             &["code"],
         )
         .expect("valid metric");
@@ -70,7 +73,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let retries = IntCounterVec::new(
-            Opts::new("leader_proxy_retries_total", "Requests sent again, by reason"),
+            Opts::new(
+                "leader_proxy_retries_total",
+                "Requests sent again, by reason",
+            ),
             &["reason"],
         )
         .expect("valid metric");
@@ -95,7 +101,9 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(rejected_values.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,

@@ -179,8 +179,10 @@ impl Router {
                 Some(up) => info!("New leader elected: {}", up.name),
                 None => info!("No leader: the election is open; holding requests"),
             }
-            self.metrics
-                .set_leader(old.leader.as_ref().map(|u| &u.name), leader.as_ref().map(|u| &u.name));
+            self.metrics.set_leader(
+                old.leader.as_ref().map(|u| &u.name),
+                leader.as_ref().map(|u| &u.name),
+            );
         }
         self.store(Snapshot {
             leader,
@@ -234,7 +236,10 @@ mod tests {
             .await;
         let now = router.current();
         assert_eq!(now.state, State::Degraded);
-        assert_eq!(now.leader.as_ref().unwrap().name.to_string(), "127.0.0.1:1001");
+        assert_eq!(
+            now.leader.as_ref().unwrap().name.to_string(),
+            "127.0.0.1:1001"
+        );
         assert_eq!(now.generation, first);
         router.apply(leader("127.0.0.1:1001")).await;
         assert_eq!(router.current().state, State::Leader);

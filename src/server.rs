@@ -23,7 +23,10 @@ use crate::router::Router;
 /// Runs the proxy described by `settings` until it is told to stop.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let router = Arc::new(Router::new(settings.discovery.scheme().as_str(), metrics.clone()));
+    let router = Arc::new(Router::new(
+        settings.discovery.scheme().as_str(),
+        metrics.clone(),
+    ));
 
     let source = source_for(settings.source_config()).context("discovery")?;
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -64,7 +67,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 )));
             }
             ListenAddr::Unix(path) => {
-                anyhow::bail!("--listen unix://{}: unix listeners are not supported yet", path.display())
+                anyhow::bail!(
+                    "--listen unix://{}: unix listeners are not supported yet",
+                    path.display()
+                )
             }
         }
     }
@@ -78,7 +84,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let signal = stop_signal().await?;
-    info!("{signal} received: no new connections; letting running requests finish (up to {:?})", settings.shutdown_grace);
+    info!(
+        "{signal} received: no new connections; letting running requests finish (up to {:?})",
+        settings.shutdown_grace
+    );
     admin.begin_shutdown();
     let _ = shutdown_tx.send(true);
     for listener in listeners {

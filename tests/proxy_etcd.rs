@@ -82,7 +82,10 @@ fn follows_the_initial_leader_and_each_change() {
     }
     assert_eq!(proxy.metric("leader_proxy_leader_changes_total"), 2.0);
     assert_eq!(
-        proxy.metric(&format!("leader_proxy_leader{{address=\"{}\"}}", managers[second].advertise())),
+        proxy.metric(&format!(
+            "leader_proxy_leader{{address=\"{}\"}}",
+            managers[second].advertise()
+        )),
         1.0
     );
 }
@@ -106,13 +109,20 @@ fn holds_requests_while_there_is_no_leader_then_serves_them() {
     // The request is waiting in the proxy (the metric says so) before the key is written.
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.metric("leader_proxy_held_requests") < 1.0 {
-        assert!(Instant::now() < deadline, "request never held:\n{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "request never held:\n{}",
+            proxy.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     written.store(true, Ordering::SeqCst);
     etcd.put_v2(KEY, &manager.advertise(), None);
     let (response, after_write) = held.join().unwrap();
-    assert!(after_write, "the request was answered before there was a leader");
+    assert!(
+        after_write,
+        "the request was answered before there was a leader"
+    );
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("X-Served-By"), Some("m1"));
     assert_eq!(proxy.metric("leader_proxy_held_requests"), 0.0);
@@ -125,7 +135,10 @@ fn answers_503_with_a_docker_message_after_the_hold_timeout() {
     let response = http::get(proxy.addr(), "/v1.41/containers/json").unwrap();
     assert_eq!(response.status, 503);
     assert_eq!(response.header("Content-Type"), Some("application/json"));
-    let message = response.json()["message"].as_str().unwrap_or_default().to_string();
+    let message = response.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(message.contains("no Swarm primary"), "{message}");
 
     // A leader that refuses connections is no better: 503 naming it.
@@ -133,7 +146,11 @@ fn answers_503_with_a_docker_message_after_the_hold_timeout() {
     proxy.wait_for_leader(Duration::from_secs(10), |l| l["leader"] == "127.0.0.1:9");
     let response = http::get(proxy.addr(), "/info").unwrap();
     assert_eq!(response.status, 503);
-    assert!(response.text().contains("127.0.0.1:9"), "{}", response.text());
+    assert!(
+        response.text().contains("127.0.0.1:9"),
+        "{}",
+        response.text()
+    );
 
     // --max-held 0: nothing waits, 503 at once.
     let strict = proxy_for(&etcd, &["--max-held", "0", "--hold-timeout", "30s"]);
@@ -141,7 +158,11 @@ fn answers_503_with_a_docker_message_after_the_hold_timeout() {
     strict.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "no_leader");
     let response = http::get(strict.addr(), "/info").unwrap();
     assert_eq!(response.status, 503);
-    assert!(response.text().contains("--max-held"), "{}", response.text());
+    assert!(
+        response.text().contains("--max-held"),
+        "{}",
+        response.text()
+    );
 }
 
 #[test]
@@ -190,13 +211,22 @@ fn garbage_values_are_ignored_and_counted() {
     let proxy = proxy_for(&etcd, &[]);
     proxy.wait_for_leader(Duration::from_secs(10), |l| l["leader"] == m1.advertise());
 
-    let garbage = ["garbage", "http://127.0.0.1:2375/path", "127.0.0.1:0", "{\"a\":1}"];
+    let garbage = [
+        "garbage",
+        "http://127.0.0.1:2375/path",
+        "127.0.0.1:0",
+        "{\"a\":1}",
+    ];
     for value in garbage {
         etcd.put_v2(KEY, value, None);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.metric("leader_proxy_rejected_leader_values_total") < garbage.len() as f64 {
-        assert!(Instant::now() < deadline, "not all rejected:\n{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "not all rejected:\n{}",
+            proxy.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
@@ -228,7 +258,9 @@ fn a_burst_of_changes_converges_on_the_last() {
         };
     }
     etcd.put_v2(KEY, &managers[1].advertise(), None);
-    proxy.wait_for_leader(Duration::from_secs(10), |l| l["leader"] == managers[1].advertise());
+    proxy.wait_for_leader(Duration::from_secs(10), |l| {
+        l["leader"] == managers[1].advertise()
+    });
     // Settled: it stays there, and traffic goes there.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(proxy.leader()["leader"], managers[1].advertise());
@@ -242,7 +274,12 @@ fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).unwrap(), 1, "EOF in head: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "EOF in head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     String::from_utf8_lossy(&head).into_owned()
@@ -258,7 +295,9 @@ fn upgrade_keeps_headers_and_forwards_half_close_on_a_keep_alive_connection() {
     proxy.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "leader");
 
     let mut stream = TcpStream::connect(proxy.addr()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     // A plain request first: the upgrade comes on a reused keep-alive connection, as
     // docker-py sends it.
     stream
@@ -305,22 +344,30 @@ fn streams_are_not_buffered_and_bodies_arrive_whole() {
     stream
         .write_all(b"GET /stream?count=2&interval_ms=3000 HTTP/1.1\r\nHost: docker\r\n\r\n")
         .unwrap();
-    stream.set_read_timeout(Some(Duration::from_millis(2500))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .unwrap();
     let head = read_head(&mut stream);
     assert!(head.contains("200"), "{head}");
     let mut first = [0u8; 256];
-    let n = stream.read(&mut first).expect("first line of the stream, before the second is written");
+    let n = stream
+        .read(&mut first)
+        .expect("first line of the stream, before the second is written");
     assert!(n > 0);
 
     // A 5 MB chunked upload reaches the manager byte for byte.
     let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
     let mut stream = TcpStream::connect(proxy.addr()).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     stream
         .write_all(b"POST /echo HTTP/1.1\r\nHost: docker\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .unwrap();
     for chunk in body.chunks(64 * 1024) {
-        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).unwrap();
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .unwrap();
         stream.write_all(chunk).unwrap();
         stream.write_all(b"\r\n").unwrap();
     }
@@ -372,9 +419,14 @@ fn retry_rules_on_the_fault_endpoints() {
     // client sees the truncated answer.
     let truncated = send("GET", "/fault/drop-after-first-byte", "get-started");
     assert!(
-        truncated.as_ref().map_or(true, |r| r.status == 200 && r.body.len() < 100),
+        truncated
+            .as_ref()
+            .map_or(true, |r| r.status == 200 && r.body.len() < 100),
         "{truncated:?}"
     );
     assert_eq!(hits("get-started"), 1);
-    assert_eq!(proxy.metric("leader_proxy_retries_total{reason=\"idempotent\"}"), 1.0);
+    assert_eq!(
+        proxy.metric("leader_proxy_retries_total{reason=\"idempotent\"}"),
+        1.0
+    );
 }

@@ -143,7 +143,10 @@ mod tests {
         let url = DiscoveryUrl::parse("etcd://127.0.0.1:2379,10.0.0.2:2379//swarm/").unwrap();
         assert_eq!(url.scheme(), Scheme::Etcd);
         assert_eq!(url.hosts(), ["127.0.0.1:2379", "10.0.0.2:2379"]);
-        assert_eq!(url.path("/docker/swarm/leader/"), "/swarm/docker/swarm/leader");
+        assert_eq!(
+            url.path("/docker/swarm/leader/"),
+            "/swarm/docker/swarm/leader"
+        );
         assert_eq!(url.key("docker/swarm/leader"), "swarm/docker/swarm/leader");
         let bare = DiscoveryUrl::parse("etcdv3://127.0.0.1:2379").unwrap();
         assert_eq!(bare.key("/docker/swarm/leader"), "docker/swarm/leader");

@@ -58,7 +58,10 @@ impl LeaderAddr {
         }
         let rest = match value.split_once("://") {
             Some((scheme, rest)) => {
-                if !matches!(scheme.to_ascii_lowercase().as_str(), "tcp" | "http" | "https") {
+                if !matches!(
+                    scheme.to_ascii_lowercase().as_str(),
+                    "tcp" | "http" | "https"
+                ) {
                     return Err(ValueError::Scheme(scheme.to_string()));
                 }
                 // A trailing slash is what `http://h:p/` users paste; anything past it is not.
@@ -135,7 +138,11 @@ mod tests {
             ("tcp://[fd00::2]:2375", "[fd00::2]:2375"),
             (" 127.0.0.1:2375\n", "127.0.0.1:2375"),
         ] {
-            assert_eq!(LeaderAddr::parse(input).unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                LeaderAddr::parse(input).unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
     }
 

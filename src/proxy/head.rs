@@ -115,6 +115,9 @@ mod tests {
         let mut empty = &b""[..];
         assert_eq!(read_head(&mut empty).await.unwrap(), Head::Closed);
         let mut cut = &b"GET / HTTP/1.1\r\n"[..];
-        assert!(matches!(read_head(&mut cut).await, Err(HeadError::Truncated)));
+        assert!(matches!(
+            read_head(&mut cut).await,
+            Err(HeadError::Truncated)
+        ));
     }
 }

@@ -66,8 +66,12 @@ impl HijackRelay {
         );
         if let Err(e) = upstream.write_all(&head).await {
             // Nothing can be known about whether the leader saw the request: never resend.
-            self.reject_with(client, 502, &format!("the Swarm primary closed the connection (leader-proxy): {e}"))
-                .await;
+            self.reject_with(
+                client,
+                502,
+                &format!("the Swarm primary closed the connection (leader-proxy): {e}"),
+            )
+            .await;
             self.log(&summary, 502, upstream_addr, started, 0, 0);
             return;
         }
@@ -87,7 +91,11 @@ impl HijackRelay {
 
     async fn reject_with<C: AsyncWrite + Unpin>(&self, client: &mut C, code: u16, message: &str) {
         let body = docker_error_body(message);
-        let reason = if code == 503 { "Service Unavailable" } else { "Bad Gateway" };
+        let reason = if code == 503 {
+            "Service Unavailable"
+        } else {
+            "Bad Gateway"
+        };
         let head = format!(
             "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()

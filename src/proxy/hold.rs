@@ -53,7 +53,12 @@ pub struct HoldState {
 }
 
 impl Hold {
-    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, timeout: Duration, max_held: usize) -> Self {
+    pub fn new(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+        max_held: usize,
+    ) -> Self {
         Self {
             router,
             metrics,
@@ -81,11 +86,17 @@ impl Hold {
     }
 
     /// Where to send the request now, waiting if no leader is reachable.
-    pub async fn next_upstream(self: &Arc<Self>, state: &mut HoldState) -> Result<SocketAddr, HoldError> {
+    pub async fn next_upstream(
+        self: &Arc<Self>,
+        state: &mut HoldState,
+    ) -> Result<SocketAddr, HoldError> {
         loop {
             let (generation, leader) = {
                 let snapshot = self.router.current();
-                (snapshot.generation, snapshot.leader.as_ref().map(|u| u.socket))
+                (
+                    snapshot.generation,
+                    snapshot.leader.as_ref().map(|u| u.socket),
+                )
             };
             let retry_same = state.last_failed && state.last.map(|(g, _)| g) == Some(generation);
             if let (Some(addr), false) = (leader, retry_same) {
@@ -175,7 +186,12 @@ mod tests {
     fn hold(timeout_ms: u64, max_held: usize) -> Arc<Hold> {
         let metrics = Arc::new(Metrics::new());
         let router = Arc::new(Router::new("etcd", metrics.clone()));
-        Arc::new(Hold::new(router, metrics, Duration::from_millis(timeout_ms), max_held))
+        Arc::new(Hold::new(
+            router,
+            metrics,
+            Duration::from_millis(timeout_ms),
+            max_held,
+        ))
     }
 
     #[tokio::test]
@@ -192,7 +208,10 @@ mod tests {
             hold.next_upstream(&mut second).await,
             Err(HoldError::TooManyHeld(1))
         );
-        assert!(matches!(waiting.await.unwrap(), Err(HoldError::NoLeader(_))));
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(HoldError::NoLeader(_))
+        ));
         assert_eq!(hold.held.load(Ordering::Acquire), 0);
     }
 
@@ -201,7 +220,9 @@ mod tests {
         let hold = hold(5_000, 10);
         let router = hold.router().clone();
         router
-            .apply(LeaderEvent::Leader(LeaderAddr::parse("127.0.0.1:1001").unwrap()))
+            .apply(LeaderEvent::Leader(
+                LeaderAddr::parse("127.0.0.1:1001").unwrap(),
+            ))
             .await;
         let mut state = hold.start();
         let first = hold.next_upstream(&mut state).await.unwrap();
@@ -212,7 +233,9 @@ mod tests {
             tokio::spawn(async move { hold.next_upstream(&mut state).await })
         };
         router
-            .apply(LeaderEvent::Leader(LeaderAddr::parse("127.0.0.1:1002").unwrap()))
+            .apply(LeaderEvent::Leader(
+                LeaderAddr::parse("127.0.0.1:1002").unwrap(),
+            ))
             .await;
         assert_eq!(next.await.unwrap().unwrap().port(), 1002);
     }

@@ -76,7 +76,11 @@ impl ProxyHttp for DockerApi {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let addr = match self.hold.next_upstream(&mut ctx.hold).await {
             Ok(addr) => addr,
             Err(e) => {
@@ -121,13 +125,21 @@ impl ProxyHttp for DockerApi {
             && !session.as_ref().retry_buffer_truncated();
         if resend {
             ctx.written_retry_used = true;
-            self.metrics.retries.with_label_values(&["idempotent"]).inc();
+            self.metrics
+                .retries
+                .with_label_values(&["idempotent"])
+                .inc();
         }
         e.set_retry(resend);
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let (code, message) = match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(code), _) => (
                 *code,
@@ -139,9 +151,10 @@ impl ProxyHttp for DockerApi {
                 502,
                 format!("the Swarm primary failed while answering (leader-proxy): {e}"),
             ),
-            (ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => {
-                (0, String::new())
-            }
+            (
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => (0, String::new()),
             (_, ErrorSource::Downstream) => (400, format!("bad request (leader-proxy): {e}")),
             _ => (500, format!("leader-proxy internal error: {e}")),
         };
