@@ -5,7 +5,9 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod conformance;
 pub mod etcd;
 pub mod http;
 pub mod proxy;
 pub mod sim;
+pub mod store_etcd;

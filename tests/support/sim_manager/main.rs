@@ -74,7 +74,8 @@ struct Args {
     #[arg(long)]
     advertise: Option<String>,
     /// Store URL as `swarm manage` takes it: `etcd://h:p[,h:p]/prefix` (v2 API) or
-    /// `etcdv3://h:p[,h:p]/prefix`.
+    /// `etcdv3://h:p[,h:p]/prefix`; or `none`: no election, always primary (a test writes
+    /// this manager's address into the store itself).
     #[arg(long)]
     discovery: String,
     /// Leader key under the URL's prefix.
@@ -203,6 +204,8 @@ impl State {
 enum StoreKind {
     V2,
     V3,
+    /// `--discovery none`: no election; always primary (tests drive the store by hand).
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,13 @@ struct Discovery {
 }
 
 fn parse_discovery(url: &str, leader_key: &str) -> Result<Discovery> {
+    if url == "none" {
+        return Ok(Discovery {
+            kind: StoreKind::None,
+            endpoints: Vec::new(),
+            key: String::new(),
+        });
+    }
     let (kind, rest) = if let Some(rest) = url.strip_prefix("etcd://") {
         (StoreKind::V2, rest)
     } else if let Some(rest) = url.strip_prefix("etcdv3://") {
@@ -247,6 +257,7 @@ fn parse_discovery(url: &str, leader_key: &str) -> Result<Discovery> {
     let key = match kind {
         StoreKind::V2 => format!("/{joined}"),
         StoreKind::V3 => joined,
+        StoreKind::None => String::new(),
     };
     Ok(Discovery {
         kind,
@@ -1026,6 +1037,11 @@ async fn run(args: Args) -> Result<()> {
     let mut v2_store = None;
     let mut v3_client = None;
     match disc.kind {
+        StoreKind::None => {
+            // No election: the test names this manager in the store by hand.
+            st.set_primary(Some(st.advertise.clone()));
+            st.set_role(true);
+        }
         StoreKind::V2 => {
             let v2 = Arc::new(V2::new(&disc, args.ttl)?);
             tasks.push(tokio::spawn(v2_candidate(st.clone(), v2.clone())));

@@ -1,0 +1,445 @@
+//! The conformance suite: the same behavioural tests against every store backend.
+//!
+//! A store plugs in by implementing [`StoreHarness`] (one file per store:
+//! `store_etcd.rs`, `store_zk.rs`, `store_consul.rs`) and by one line of the
+//! `conformance!` macro in `tests/conformance.rs`. The tests here never know which store
+//! they run on: they drive it through the harness and watch the proxy like a user would
+//! (`/leader`, `/metrics`, and who answers requests).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::http;
+use super::proxy::Proxy;
+use super::sim::{read_log, wait_for_single_primary, SimManager, SimOptions};
+
+/// One store, started for one test, with the means to act out its election by hand.
+pub trait StoreHarness {
+    /// The DISCOVERY URL the proxy follows plus any extra flags (`--election contenders`).
+    fn proxy_args(&self) -> Vec<String>;
+
+    /// Options for a simulated manager that runs for election in this store by the store's
+    /// real recipe (used by the failover test).
+    fn sim_options(&self, name: &str, log: &Path) -> SimOptions;
+
+    /// Makes `addr` the leader the way the store's recipe leaves it when `addr` won
+    /// (a lock held, a value written). Replaces any previous leader.
+    fn elect(&mut self, addr: &str);
+
+    /// Writes `value` (not an address) as the leader's value, the lock held as in `elect`.
+    fn elect_garbage(&mut self, value: &str);
+
+    /// Opens the election: nobody holds it any more.
+    fn vacate(&mut self);
+
+    /// The store's own ways for a leader value to go stale (the value may still be there,
+    /// but nobody holds the lock). Each is a short name for test output.
+    fn stale_cases(&self) -> Vec<&'static str>;
+
+    /// Elects `addr`, then lets it go stale by `case` (returns once the store is stale or
+    /// will be by itself within a few seconds, e.g. a TTL).
+    fn elect_then_go_stale(&mut self, case: &str, addr: &str);
+
+    /// Stops the store (the proxy must keep its leader) and starts it again on the same
+    /// address and data.
+    fn stop(&mut self);
+    fn restart(&mut self);
+}
+
+/// A manager that runs for no election (`--discovery none`): the harness names it leader.
+pub fn standalone(name: &str, dir: &Path) -> SimManager {
+    SimManager::start(&SimOptions::new(name, "none", &dir.join("writes.log")))
+}
+
+pub fn start_proxy(store: &dyn StoreHarness, extra: &[&str]) -> Proxy {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(store.proxy_args());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proxy::start(&refs)
+}
+
+fn served_by(proxy: &Proxy, path: &str) -> String {
+    let response = http::get(proxy.addr(), path).expect("request through the proxy");
+    assert_eq!(response.status, 200, "GET {path}: {}", response.text());
+    response.header("X-Served-By").unwrap_or("-").to_string()
+}
+
+fn is_leader(addr: String) -> impl Fn(&serde_json::Value) -> bool {
+    move |l| l["leader"] == addr.as_str() && l["state"] == "leader"
+}
+
+fn no_leader(l: &serde_json::Value) -> bool {
+    l["state"] == "no_leader" && l["leader"].is_null()
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+pub fn initial_leader_and_change(mut store: impl StoreHarness) {
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    store.elect(&m1.advertise());
+    let proxy = start_proxy(&store, &[]);
+    proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
+    assert_eq!(served_by(&proxy, "/v1.41/info"), "m1");
+
+    store.elect(&m2.advertise());
+    let leader = proxy.wait_for_leader(WAIT, is_leader(m2.advertise()));
+    assert_eq!(leader["changes"], 2);
+    assert_eq!(served_by(&proxy, "/info"), "m2");
+    let log = proxy.log();
+    for m in [&m1, &m2] {
+        let line = format!("New leader elected: {}", m.advertise());
+        assert!(log.contains(&line), "missing {line:?} in:\n{log}");
+    }
+    assert_eq!(proxy.metric("leader_proxy_leader_changes_total"), 2.0);
+    let gauge = format!("leader_proxy_leader{{address=\"{}\"}}", m2.advertise());
+    assert_eq!(proxy.metric(&gauge), 1.0);
+}
+
+pub fn no_leader_holds_then_serves(mut store: impl StoreHarness) {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = standalone("m1", dir.path());
+    store.elect(&m1.advertise());
+    let proxy = start_proxy(&store, &["--hold-timeout", "20s"]);
+    proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
+    store.vacate();
+    proxy.wait_for_leader(WAIT, no_leader);
+
+    let elected = Arc::new(AtomicBool::new(false));
+    let held = {
+        let (addr, elected) = (proxy.addr(), elected.clone());
+        std::thread::spawn(move || {
+            let response = http::get(addr, "/info").expect("held request");
+            (response, elected.load(Ordering::SeqCst))
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    while proxy.metric("leader_proxy_held_requests") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "request never held:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    elected.store(true, Ordering::SeqCst);
+    store.elect(&m1.advertise());
+    let (response, after) = held.join().unwrap();
+    assert!(after, "answered before there was a leader");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("X-Served-By"), Some("m1"));
+
+    // Past --hold-timeout: 503 with a message the docker CLI prints.
+    let impatient = start_proxy(&store, &["--hold-timeout", "300ms"]);
+    impatient.wait_for_leader(WAIT, is_leader(m1.advertise()));
+    store.vacate();
+    impatient.wait_for_leader(WAIT, no_leader);
+    let response = http::get(impatient.addr(), "/info").unwrap();
+    assert_eq!(response.status, 503);
+    let message = response.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("no Swarm primary"), "{message}");
+}
+
+pub fn stale_values_mean_no_leader(mut store: impl StoreHarness) {
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = standalone("m1", dir.path());
+    let cases = store.stale_cases();
+    assert!(!cases.is_empty(), "every store has a way to go stale");
+    store.elect(&m1.advertise());
+    let proxy = start_proxy(&store, &[]);
+    proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
+    for case in cases {
+        store.elect_then_go_stale(case, &m1.advertise());
+        let seen = proxy.wait_for_leader(WAIT, no_leader);
+        assert!(seen["leader"].is_null(), "{case}: {seen}");
+        store.elect(&m1.advertise());
+        proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
+    }
+    // A proxy started while the value is stale does not take it for a leader.
+    let case = store.stale_cases()[0];
+    store.elect_then_go_stale(case, &m1.advertise());
+    proxy.wait_for_leader(WAIT, no_leader);
+    let late = start_proxy(&store, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(no_leader(&late.leader()), "{case}: {}", late.leader());
+}
+
+pub fn store_outage_keeps_the_leader(mut store: impl StoreHarness) {
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    store.elect(&m1.advertise());
+    let proxy = start_proxy(&store, &[]);
+    proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
+
+    store.stop();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut served = 0;
+    while Instant::now() < deadline {
+        assert_eq!(served_by(&proxy, "/info"), "m1");
+        served += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served > 10);
+    let leader = proxy.wait_for_leader(Duration::from_secs(40), |l| l["state"] == "degraded");
+    assert_eq!(leader["leader"], m1.advertise());
+    assert!(proxy.metric("leader_proxy_store_errors_total") >= 1.0);
+    assert_eq!(http::get_text(&proxy.admin_url("/readyz")).trim(), "ready");
+    assert_eq!(served_by(&proxy, "/info"), "m1");
+
+    store.restart();
+    proxy.wait_for_leader(Duration::from_secs(40), |l| l["state"] == "leader");
+    store.elect(&m2.advertise());
+    proxy.wait_for_leader(WAIT, is_leader(m2.advertise()));
+    assert_eq!(served_by(&proxy, "/info"), "m2");
+}
+
+pub fn garbage_is_ignored_and_counted(mut store: impl StoreHarness) {
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    store.elect(&m1.advertise());
+    let proxy = start_proxy(&store, &[]);
+    proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
+
+    let garbage = [
+        "garbage",
+        "http://127.0.0.1:2375/path",
+        "127.0.0.1:0",
+        "{\"a\":1}",
+    ];
+    for (i, value) in garbage.iter().enumerate() {
+        store.elect_garbage(value);
+        let deadline = Instant::now() + WAIT;
+        while proxy.metric("leader_proxy_rejected_leader_values_total") < (i + 1) as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "{value:?} not rejected:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(
+        proxy.metric("leader_proxy_rejected_leader_values_total"),
+        garbage.len() as f64
+    );
+    assert_eq!(proxy.leader()["leader"], m1.advertise());
+    assert_eq!(served_by(&proxy, "/info"), "m1");
+    assert!(proxy.log().contains("ignoring invalid leader value"));
+
+    store.elect(&format!("tcp://{}", m2.advertise()));
+    proxy.wait_for_leader(WAIT, is_leader(m2.advertise()));
+    assert_eq!(served_by(&proxy, "/info"), "m2");
+}
+
+pub fn a_burst_converges_on_the_last(mut store: impl StoreHarness) {
+    let dir = tempfile::tempdir().unwrap();
+    let managers: Vec<SimManager> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| standalone(n, dir.path()))
+        .collect();
+    store.elect(&managers[0].advertise());
+    let proxy = start_proxy(&store, &[]);
+    proxy.wait_for_leader(WAIT, is_leader(managers[0].advertise()));
+    for i in 0..40 {
+        match i % 4 {
+            3 => store.elect_garbage("not-an-address"),
+            n => store.elect(&managers[n].advertise()),
+        }
+    }
+    store.elect(&managers[1].advertise());
+    proxy.wait_for_leader(WAIT, is_leader(managers[1].advertise()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(proxy.leader()["leader"], managers[1].advertise());
+    for _ in 0..5 {
+        assert_eq!(served_by(&proxy, "/info"), "m2");
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Answer {
+    id: String,
+    method: &'static str,
+    /// 0 when the request failed without an HTTP answer.
+    status: u16,
+    served_by: String,
+    role: String,
+    /// When the serving manager became primary (its report) and when the client got the
+    /// answer, both Unix ms on this machine's clock.
+    primary_since_ms: Option<u64>,
+    received_ms: u64,
+    /// What the client saw on failure (shown when an assertion fails).
+    error: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sends a request every 10 ms until `stop`: GET /info and POST /containers/create in turn,
+/// each with a unique request id.
+fn client(proxy: std::net::SocketAddr, stop: Arc<AtomicBool>, answers: Arc<Mutex<Vec<Answer>>>) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let (method, path) = if n % 2 == 0 {
+            ("POST", "/v1.41/containers/create")
+        } else {
+            ("GET", "/v1.41/info")
+        };
+        let id = format!("req-{n}");
+        let headers = [("X-Request-Id", id.as_str())];
+        let result = http::request(proxy, method, path, &headers, b"", Duration::from_secs(40));
+        let answer = match result {
+            Ok(r) => Answer {
+                id,
+                method,
+                status: r.status,
+                served_by: r.header("X-Served-By").unwrap_or("-").to_string(),
+                role: r.header("X-Role").unwrap_or("-").to_string(),
+                primary_since_ms: r.header("X-Primary-Since").and_then(|v| v.parse().ok()),
+                received_ms: now_ms(),
+                error: if r.status >= 400 {
+                    r.text()
+                } else {
+                    String::new()
+                },
+            },
+            Err(e) => Answer {
+                id,
+                method,
+                status: 0,
+                served_by: "-".into(),
+                role: "-".into(),
+                primary_since_ms: None,
+                received_ms: now_ms(),
+                error: e.to_string(),
+            },
+        };
+        answers.lock().unwrap().push(answer);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The failover test of DESIGN.md: three managers running for election by the store's
+/// recipe, a client sending a mixed GET/POST request every 10 ms through the proxy, the
+/// primary killed with SIGKILL and restarted as a replica, three rounds.
+pub fn failover(store: impl StoreHarness, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("writes.log");
+    let mut managers: Vec<SimManager> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|name| SimManager::start(&store.sim_options(name, &log)))
+        .collect();
+    let primary_now = |managers: &[SimManager]| {
+        let refs: Vec<&SimManager> = managers.iter().collect();
+        wait_for_single_primary(&refs, Duration::from_secs(40))
+    };
+    primary_now(&managers).unwrap();
+    let proxy = start_proxy(&store, &[]);
+    proxy.wait_for_leader(WAIT, |l| l["state"] == "leader");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (stop, answers, addr) = (stop.clone(), answers.clone(), proxy.addr());
+        std::thread::spawn(move || client(addr, stop, answers))
+    };
+
+    let mut switch_times = Vec::new();
+    for round in 1..=3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let primary = primary_now(&managers)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\nproxy log:\n{}", proxy.log()));
+        let killed = managers[primary].name().to_string();
+        let killed_at = answers.lock().unwrap().len();
+        managers[primary].kill();
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first_new = loop {
+            let found = answers.lock().unwrap()[killed_at..]
+                .iter()
+                .find(|a| a.status < 300 && a.served_by != killed && a.served_by != "-")
+                .cloned();
+            if let Some(answer) = found {
+                break answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no answer from a new primary; proxy log:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let since = first_new
+            .primary_since_ms
+            .expect("X-Primary-Since on every answer");
+        let switch = first_new.received_ms.saturating_sub(since);
+        println!(
+            "{label}: round {round}: {killed} killed, {} serving; switch time (election to first request served) {switch} ms",
+            first_new.served_by
+        );
+        switch_times.push(switch);
+        // Restarted before the next kill: it rejoins as a replica.
+        managers[primary].restart();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+
+    let answers = answers.lock().unwrap();
+    let writes = read_log(&log);
+    let mut executed: HashMap<&str, usize> = HashMap::new();
+    for line in &writes {
+        *executed.entry(line.request_id.as_str()).or_default() += 1;
+    }
+    let gets = answers.iter().filter(|a| a.method == "GET").count();
+    let posts = answers.len() - gets;
+    assert!(
+        gets > 50 && posts > 50,
+        "too little traffic: {gets} GET, {posts} POST"
+    );
+    for answer in answers.iter() {
+        let times = executed.get(answer.id.as_str()).copied().unwrap_or(0);
+        if answer.method == "GET" {
+            assert_eq!(
+                answer.status,
+                200,
+                "a GET failed ({}): {answer:?}\nproxy log:\n{}",
+                answer.error,
+                proxy.log()
+            );
+        } else {
+            assert!(times <= 1, "POST executed {times} times: {answer:?}");
+            match answer.status {
+                201 => assert_eq!(times, 1, "answered 201 but never executed: {answer:?}"),
+                502 => {}
+                _ => panic!(
+                    "a POST got neither 201 nor 502 ({}): {answer:?}",
+                    answer.error
+                ),
+            }
+        }
+        if answer.status < 300 {
+            assert_eq!(answer.role, "primary", "answered by a replica: {answer:?}");
+        }
+    }
+    for line in &writes {
+        assert_eq!(
+            line.role, "primary",
+            "a write executed by a replica: {line:?}"
+        );
+    }
+    let worst = switch_times.iter().max().copied().unwrap_or_default();
+    println!(
+        "{label}: {} requests ({gets} GET, {posts} POST), switch times {switch_times:?} ms, worst {worst} ms (goal: under 20 ms)",
+        answers.len()
+    );
+}
