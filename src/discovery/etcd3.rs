@@ -22,7 +22,8 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::etcd2::{credentials, follow, Link, Session, Stop, REPLY_TIMEOUT};
+use super::etcd2::credentials;
+use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
 use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
 
 /// Follows an election through etcd's v3 API.

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod etcd2;
 pub mod etcd3;
+mod follow;
 pub mod url;
 pub mod value;
 
