@@ -147,7 +147,20 @@ impl Router {
                     });
                 }
             }
-            LeaderEvent::Rejected { value, reason } => self.reject(value, &reason.to_string()),
+            LeaderEvent::Rejected { value, reason } => {
+                self.reject(value, &reason.to_string());
+                // The store answered, so it is reachable again, even if what it holds is
+                // unusable: the last leader stays, the outage is over.
+                let old = self.current();
+                if old.state == State::Degraded {
+                    let state = if old.leader.is_some() {
+                        State::Leader
+                    } else {
+                        State::NoLeader
+                    };
+                    self.adopt(old.leader.clone(), state);
+                }
+            }
         }
     }
 
@@ -227,13 +240,13 @@ mod tests {
         assert!(router.current().leader.is_none());
         router.apply(leader("127.0.0.1:1001")).await;
         let first = router.current().generation;
-        router.apply(LeaderEvent::Degraded("down".into())).await;
         router
             .apply(LeaderEvent::Rejected {
                 value: "garbage".into(),
                 reason: crate::discovery::ValueError::MissingPort,
             })
             .await;
+        router.apply(LeaderEvent::Degraded("down".into())).await;
         let now = router.current();
         assert_eq!(now.state, State::Degraded);
         assert_eq!(
@@ -244,6 +257,26 @@ mod tests {
         router.apply(leader("127.0.0.1:1001")).await;
         assert_eq!(router.current().state, State::Leader);
         assert_eq!(router.current().changes, 1);
+    }
+
+    #[tokio::test]
+    async fn garbage_read_after_an_outage_ends_the_outage() {
+        let router = Router::new("etcd", Arc::new(Metrics::new()));
+        router.apply(leader("127.0.0.1:1001")).await;
+        router.apply(LeaderEvent::Degraded("down".into())).await;
+        router
+            .apply(LeaderEvent::Rejected {
+                value: "garbage".into(),
+                reason: crate::discovery::ValueError::MissingPort,
+            })
+            .await;
+        let now = router.current();
+        assert_eq!(now.state, State::Leader);
+        assert_eq!(
+            now.leader.as_ref().unwrap().name.to_string(),
+            "127.0.0.1:1001"
+        );
+        assert_eq!(now.changes, 1);
     }
 
     #[tokio::test]

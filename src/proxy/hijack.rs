@@ -123,7 +123,7 @@ impl HijackRelay {
             target: "access",
             request,
             status,
-            upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            upstream = %super::http::OrDash(upstream),
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_up,
             bytes_down,

@@ -1,7 +1,6 @@
 //! The L7 path: pingora's HTTP proxy with leader-proxy's choice of upstream, retry rules and
 //! Docker-style errors. Requests carrying `Upgrade` never come here (see [`super::front`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,25 +195,28 @@ impl ProxyHttp for DockerApi {
             .with_label_values(&[status_label(status)])
             .inc();
         let req = session.req_header();
-        let upstream = ctx.hold.upstream().map(DisplayAddr);
         info!(
             target: "access",
             method = %req.method,
             path = %req.uri,
             status,
-            upstream = %upstream.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            upstream = %OrDash(ctx.hold.upstream()),
             duration_ms = ctx.started.elapsed().as_millis() as u64,
-            error = %e.map_or_else(String::new, |e| e.to_string()),
+            error = %OrDash(e),
             "request"
         );
     }
 }
 
-struct DisplayAddr(SocketAddr);
+/// Shows `-` for nothing, so an access-log field needs no allocation to say "none".
+pub struct OrDash<T>(pub Option<T>);
 
-impl std::fmt::Display for DisplayAddr {
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
