@@ -334,8 +334,19 @@ fn etcd_options_are_checked() {
     let message = unsupported("etcd://127.0.0.1:2379", Election::Contenders, &[]);
     assert!(message.contains("contenders"), "{message}");
     for url in ["etcd://127.0.0.1:2379", "etcdv3://127.0.0.1:2379"] {
-        let message = unsupported(url, Election::Key, &[("kv.cacertfile", "/ca.pem")]);
-        assert!(message.contains("not supported yet"), "{message}");
+        // TLS is supported (tests/store_security.rs): the files are read at start-up.
+        match source_for(config(
+            url,
+            Election::Key,
+            &[("kv.cacertfile", "/no/ca.pem")],
+        )) {
+            Err(SourceError::Option { option, reason }) => {
+                assert_eq!(option, "kv.cacertfile");
+                assert!(reason.contains("/no/ca.pem"), "{reason}");
+            }
+            Err(other) => panic!("expected an option error, got {other}"),
+            Ok(_) => panic!("a missing kv.cacertfile accepted for {url}"),
+        }
         match source_for(config(url, Election::Key, &[("kv.auth", "a:b")])) {
             Err(SourceError::Option { option, .. }) => assert_eq!(option, "kv.auth"),
             Err(other) => panic!("expected an option error, got {other}"),

@@ -5,7 +5,7 @@
 //! value is the leader while the key exists; an `expire` or a delete ends the reign. The v2
 //! API is plain HTTP/JSON, spoken here on reqwest: no maintained crate speaks it any more.
 //!
-//! Also home of the etcd options both etcd backends check ([`credentials`]).
+//! Also home of the etcd options both etcd backends check ([`credentials`], [`security`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
+use super::store_tls::{hint_client_certificate, StoreTls};
 use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
 
 /// A v2 watch can stay silent for hours, and a store that vanished without closing the
@@ -27,6 +28,8 @@ const WATCH_WINDOW: Duration = Duration::from_secs(60);
 /// etcd v2 error codes that are not failures of the store.
 const KEY_NOT_FOUND: u64 = 100;
 const INDEX_CLEARED: u64 = 401;
+/// No credentials, wrong ones, or a user without read permission on the key (v2 auth).
+const UNAUTHORIZED: u64 = 110;
 
 /// Follows the leader key through etcd's v2 API.
 pub struct Etcd2Source {
@@ -37,6 +40,8 @@ pub struct Etcd2Source {
     credentials: Option<(String, String)>,
     client: reqwest::Client,
     reply_timeout: Duration,
+    /// TLS without a client certificate (see [`hint_client_certificate`]).
+    tls_without_client_cert: bool,
 }
 
 impl Etcd2Source {
@@ -48,11 +53,12 @@ impl Etcd2Source {
                     .into(),
             ));
         }
-        let credentials = credentials(&config.options, "etcd://")?;
+        let (credentials, tls) = security(&config.options, "etcd://")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let path = config.url.path(&config.leader_key);
         let mut keys = Vec::new();
         for host in config.url.hosts() {
-            let mut url = reqwest::Url::parse(&format!("http://{host}/v2/keys"))
+            let mut url = reqwest::Url::parse(&format!("{scheme}://{host}/v2/keys"))
                 .map_err(|e| SourceError::Unsupported(format!("etcd endpoint {host}: {e}")))?;
             url.path_segments_mut()
                 .map_err(|()| SourceError::Unsupported(format!("etcd endpoint {host}")))?
@@ -61,7 +67,11 @@ impl Etcd2Source {
         }
         // The keepalive settings notice a store host that disappeared mid-watch within about a
         // minute even between two watch windows; a clean shutdown is noticed at once anyway.
-        let client = reqwest::Client::builder()
+        let builder = match &tls {
+            Some(tls) => tls.reqwest_builder(),
+            None => reqwest::Client::builder(),
+        };
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_keepalive_interval(Duration::from_secs(10))
@@ -74,6 +84,7 @@ impl Etcd2Source {
             credentials,
             client,
             reply_timeout: config.connect_timeout + REPLY_TIMEOUT,
+            tls_without_client_cert: tls.is_some_and(|t| !t.has_client_certificate()),
         })
     }
 
@@ -163,9 +174,11 @@ impl Etcd2Source {
 impl Session for Etcd2Source {
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
         let url = &self.keys[endpoint];
+        let mut read_once = false;
         let result: Result<Infallible, Stop> = async {
             'read: loop {
                 let (value, mut wait_index) = self.read(url).await?;
+                read_once = true;
                 link.read(value.as_deref()).await?;
                 loop {
                     match self.watch(url, wait_index).await? {
@@ -196,6 +209,9 @@ impl Session for Etcd2Source {
         .await;
         match result {
             Ok(never) => match never {},
+            Err(Stop::Store(reason)) if !read_once && self.tls_without_client_cert => {
+                Stop::Store(hint_client_certificate(reason))
+            }
             Err(stop) => stop,
         }
     }
@@ -285,14 +301,21 @@ impl Reply {
     }
 
     fn failure(&self) -> Stop {
+        let code = self.error_code.unwrap_or_default();
         Stop::Store(format!(
-            "etcd error {}: {}{}",
-            self.error_code.unwrap_or_default(),
+            "etcd error {code}: {}{}{}",
             self.message.as_deref().unwrap_or(""),
             self.cause
                 .as_deref()
                 .map(|c| format!(" ({c})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if code == UNAUTHORIZED {
+                "; check kv.username and kv.password (the v2 API has its own users, \
+                 /v2/auth, separate from the v3 API's) and the user's read permission on \
+                 the key"
+            } else {
+                ""
+            }
         ))
     }
 }
@@ -307,22 +330,35 @@ fn etcd_index(response: &reqwest::Response) -> Option<u64> {
         .ok()
 }
 
-/// Checks the `--discovery-opt` values for an etcd backend and returns the credentials.
-///
-/// TLS is refused rather than ignored: following a store in clear text when the user asked
-/// for TLS would send the store's traffic unprotected without anyone noticing.
+/// What [`security`] returns: the user and password, and the TLS files, each if given.
+pub(super) type Security = (Option<(String, String)>, Option<StoreTls>);
+
+/// Checks the `--discovery-opt` values for an etcd backend: the credentials
+/// ([`credentials`]) and the TLS files, read and checked ([`StoreTls::from_options`]).
+pub(super) fn security(
+    options: &BTreeMap<String, String>,
+    scheme: &str,
+) -> Result<Security, SourceError> {
+    let credentials = credentials(options, scheme)?;
+    let tls = StoreTls::from_options(options)?;
+    if credentials.is_some() && tls.is_none() {
+        warn!(
+            "kv.username/kv.password without kv.cacertfile: the password crosses the network \
+             to etcd in clear text"
+        );
+    }
+    Ok((credentials, tls))
+}
+
+/// Checks that every `--discovery-opt` is one an etcd backend knows, and returns the
+/// credentials (`kv.username` and `kv.password`, both or neither).
 pub(super) fn credentials(
     options: &BTreeMap<String, String>,
     scheme: &str,
 ) -> Result<Option<(String, String)>, SourceError> {
     for option in options.keys() {
         match option.as_str() {
-            "kv.username" | "kv.password" => {}
-            "kv.cacertfile" | "kv.certfile" | "kv.keyfile" => {
-                return Err(SourceError::Unsupported(format!(
-                    "--discovery-opt {option}: TLS to etcd is not supported yet"
-                )))
-            }
+            "kv.username" | "kv.password" | "kv.cacertfile" | "kv.certfile" | "kv.keyfile" => {}
             _ => {
                 return Err(SourceError::Option {
                     option: option.clone(),
@@ -360,6 +396,27 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_are_read_not_refused() {
+        let missing = "/nonexistent/leader-proxy/ca.pem";
+        match security(&options(&[("kv.cacertfile", missing)]), "etcd://") {
+            Err(SourceError::Option { option, reason }) => {
+                assert_eq!(option, "kv.cacertfile");
+                assert!(reason.contains(missing), "{reason}");
+            }
+            Err(other) => panic!("expected an option error, got {other}"),
+            Ok(_) => panic!("a missing CA file was accepted"),
+        }
+        assert!(matches!(
+            security(&options(&[("kv.keyfile", "/key.pem")]), "etcd://"),
+            Err(SourceError::Option { option, .. }) if option == "kv.keyfile"
+        ));
+        assert!(matches!(
+            security(&options(&[]), "etcd://"),
+            Ok((None, None))
+        ));
+    }
+
+    #[test]
     fn options_are_checked() {
         assert!(credentials(&options(&[]), "etcd://").unwrap().is_none());
         assert_eq!(
@@ -370,10 +427,12 @@ mod tests {
             .unwrap(),
             Some(("u".into(), "p".into()))
         );
-        assert!(matches!(
-            credentials(&options(&[("kv.cacertfile", "/ca.pem")]), "etcd://"),
-            Err(SourceError::Unsupported(m)) if m.contains("not supported yet")
-        ));
+        // The TLS files are etcd options; they are read by `security`.
+        assert!(
+            credentials(&options(&[("kv.cacertfile", "/ca.pem")]), "etcd://")
+                .unwrap()
+                .is_none()
+        );
         assert!(matches!(
             credentials(&options(&[("kv.token", "x")]), "etcd://"),
             Err(SourceError::Option { option, .. }) if option == "kv.token"

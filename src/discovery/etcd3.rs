@@ -22,13 +22,14 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::etcd2::credentials;
+use super::etcd2::security;
 use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
+use super::store_tls::hint_client_certificate;
 use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
 
 /// Follows an election through etcd's v3 API.
 pub struct Etcd3Source {
-    /// One gRPC endpoint per etcd host (`http://host:port`).
+    /// One gRPC endpoint per etcd host (`http://host:port`, `https://` with TLS).
     endpoints: Vec<String>,
     hosts: Vec<String>,
     /// The leader key, or the contenders' prefix (with its trailing slash).
@@ -36,11 +37,15 @@ pub struct Etcd3Source {
     election: Election,
     options: ConnectOptions,
     reply_timeout: Duration,
+    /// TLS without a client certificate: an etcd that requires one closes the connection
+    /// right after the handshake, which gRPC often reports only as a closed connection
+    /// ([`hint_client_certificate`]).
+    tls_without_client_cert: bool,
 }
 
 impl Etcd3Source {
     pub fn new(config: SourceConfig) -> Result<Self, SourceError> {
-        let credentials = credentials(&config.options, "etcdv3://")?;
+        let (credentials, tls) = security(&config.options, "etcdv3://")?;
         let key = config.url.key(&config.leader_key);
         let key = match config.election {
             Election::Key => key,
@@ -62,18 +67,27 @@ impl Etcd3Source {
                 .with_user(user, password)
                 .with_auto_token_refresh(true);
         }
+        let tls_without_client_cert = tls.as_ref().is_some_and(|t| !t.has_client_certificate());
+        let scheme = match &tls {
+            Some(tls) => {
+                options = options.with_tls(tls.etcd_tls_options());
+                "https"
+            }
+            None => "http",
+        };
         Ok(Self {
             endpoints: config
                 .url
                 .hosts()
                 .iter()
-                .map(|h| format!("http://{h}"))
+                .map(|h| format!("{scheme}://{h}"))
                 .collect(),
             hosts: config.url.hosts().to_vec(),
             key,
             election: config.election,
             options,
             reply_timeout: config.connect_timeout + REPLY_TIMEOUT,
+            tls_without_client_cert,
         })
     }
 
@@ -119,6 +133,7 @@ impl Etcd3Source {
 #[async_trait]
 impl Session for Etcd3Source {
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
+        let mut read_once = false;
         let result: Result<Infallible, Stop> = async {
             let connect = Client::connect(
                 [self.endpoints[endpoint].as_str()],
@@ -127,6 +142,7 @@ impl Session for Etcd3Source {
             let mut client = self.bounded("connect", connect).await?;
             'read: loop {
                 let (mut keys, revision) = self.read(&mut client).await?;
+                read_once = true;
                 link.read(keys.leader()).await?;
                 let mut options = WatchOptions::new().with_start_revision(revision + 1);
                 if self.election == Election::Contenders {
@@ -181,6 +197,9 @@ impl Session for Etcd3Source {
         .await;
         match result {
             Ok(never) => match never {},
+            Err(Stop::Store(reason)) if !read_once && self.tls_without_client_cert => {
+                Stop::Store(hint_client_certificate(reason))
+            }
             Err(stop) => stop,
         }
     }

@@ -2,10 +2,17 @@
 //! API enabled (`etcd://` is the v2 API), killed on drop. Plus blocking helpers to write the
 //! election the way the managers do (v2 over HTTP, v3 through `etcdctl`) and to run real
 //! `etcdctl elect` contenders.
+//!
+//! Secured etcds: [`Etcd::start_tls`] serves clients over TLS (optionally requiring client
+//! certificates), [`Etcd::enable_auth`] and [`Etcd::enable_v2_auth`] turn on user/password
+//! authentication (etcd 3.4 keeps two separate user databases: the v3 API's, and the v2
+//! API's under `/v2/auth`). The helpers keep working on a secured etcd: they talk to a
+//! second, plain-HTTP client listener on loopback, and log in as root once auth is on; only
+//! [`Etcd::endpoint`], which the code under test is given, is the secured one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,10 +25,28 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Etcd {
     child: Option<Child>,
+    /// Plain HTTP: the helpers' listener, and [`Self::endpoint`] unless TLS is on.
     client_port: u16,
     peer_port: u16,
     v2: bool,
+    tls: Option<Tls>,
     dir: tempfile::TempDir,
+    /// The v3 root password, once [`Self::enable_auth`] ran: `etcdctl` logs in with it.
+    root_v3: Option<String>,
+    /// The v2 root password, once [`Self::enable_v2_auth`] ran: v2 helpers log in with it.
+    root_v2: Option<String>,
+}
+
+/// How etcd serves TLS to its clients.
+#[derive(Clone)]
+struct Tls {
+    /// The HTTPS client listener (v2 and v3 alike).
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    /// `--client-cert-auth --trusted-ca-file CA`: a client certificate signed by CA is
+    /// required.
+    client_ca: Option<PathBuf>,
 }
 
 impl Etcd {
@@ -35,7 +60,27 @@ impl Etcd {
         Self::start_with(false)
     }
 
+    /// An etcd (v2 API enabled) that serves its clients over TLS with `certs`' server
+    /// certificate (for 127.0.0.1) on [`Self::endpoint`]. With `client_cert_auth` it also
+    /// requires a client certificate signed by `certs`' CA (`--client-cert-auth
+    /// --trusted-ca-file`).
+    pub fn start_tls(certs: &super::certs::Certs, client_cert_auth: bool) -> Etcd {
+        Self::launch_new(
+            true,
+            Some(Tls {
+                port: 0,
+                cert: certs.server_cert.clone(),
+                key: certs.server_key.clone(),
+                client_ca: client_cert_auth.then(|| certs.ca.clone()),
+            }),
+        )
+    }
+
     fn start_with(v2: bool) -> Etcd {
+        Self::launch_new(v2, None)
+    }
+
+    fn launch_new(v2: bool, mut tls: Option<Tls>) -> Etcd {
         require("etcd");
         let dir = tempfile::Builder::new()
             .prefix("leader-proxy-etcd-")
@@ -44,15 +89,22 @@ impl Etcd {
         // A free port can be taken by somebody else between our probe and etcd's bind:
         // then etcd exits with "address already in use" and we try other ports.
         for _ in 0..5 {
-            let (client_port, peer_port) = free_ports();
-            match launch(dir.path(), client_port, peer_port, v2) {
+            let ports = free_ports(3);
+            let (client_port, peer_port) = (ports[0], ports[1]);
+            if let Some(tls) = &mut tls {
+                tls.port = ports[2];
+            }
+            match launch(dir.path(), client_port, peer_port, v2, tls.as_ref()) {
                 Ok(child) => {
                     return Etcd {
                         child: Some(child),
                         client_port,
                         peer_port,
                         v2,
+                        tls,
                         dir,
+                        root_v3: None,
+                        root_v2: None,
                     }
                 }
                 Err(log) if log.contains("address already in use") => {
@@ -64,9 +116,100 @@ impl Etcd {
         panic!("etcd did not start: no free ports after 5 attempts");
     }
 
-    /// `127.0.0.1:PORT`, as DISCOVERY URLs and `etcdctl --endpoints` take it.
+    /// `127.0.0.1:PORT`, as DISCOVERY URLs take it: the TLS listener if TLS is on.
     pub fn endpoint(&self) -> String {
+        match &self.tls {
+            Some(tls) => format!("127.0.0.1:{}", tls.port),
+            None => self.plain_endpoint(),
+        }
+    }
+
+    /// The plain-HTTP client listener (the same as [`Self::endpoint`] without TLS), which
+    /// the helpers use.
+    pub fn plain_endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Enables authentication on the v3 API: a root user (its password is the helpers'
+    /// business), a role with read and write on the keys under `prefix`, and `user` with
+    /// `password` in that role. With client certificates required, etcd also takes a
+    /// client certificate's common name as the user name.
+    pub fn enable_auth(&mut self, user: &str, password: &str, prefix: &str) {
+        let root = "root-pw-v3";
+        let role = format!("{user}-role");
+        self.etcdctl(&["user", "add", &format!("root:{root}")]);
+        self.etcdctl(&["role", "add", "root"]);
+        self.etcdctl(&["user", "grant-role", "root", "root"]);
+        self.etcdctl(&["role", "add", &role]);
+        self.etcdctl(&[
+            "role",
+            "grant-permission",
+            &role,
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ]);
+        self.etcdctl(&["user", "add", &format!("{user}:{password}")]);
+        self.etcdctl(&["user", "grant-role", user, &role]);
+        self.etcdctl(&["auth", "enable"]);
+        self.root_v3 = Some(root.to_string());
+    }
+
+    /// Enables authentication on the v2 API (`/v2/auth`, a user database of its own in
+    /// etcd 3.4): a root user, a role with read and write on `/<prefix>/*`, `user` with
+    /// `password` in that role, auth enabled, and the `guest` role (what requests without
+    /// credentials get, which can read and write everything by default) stripped of all
+    /// permissions.
+    pub fn enable_v2_auth(&mut self, user: &str, password: &str, prefix: &str) {
+        let root = "root-pw-v2";
+        let pattern = format!("/{}/*", prefix.trim_matches('/'));
+        let role = format!("{user}-role");
+        let kv = serde_json::json!({ "read": [pattern], "write": [pattern] });
+        let steps = [
+            (
+                "/v2/auth/users/root".to_string(),
+                serde_json::json!({ "user": "root", "password": root }),
+            ),
+            (
+                format!("/v2/auth/roles/{role}"),
+                serde_json::json!({ "role": role, "permissions": { "kv": kv } }),
+            ),
+            (
+                format!("/v2/auth/users/{user}"),
+                serde_json::json!({ "user": user, "password": password }),
+            ),
+            (
+                format!("/v2/auth/users/{user}"),
+                serde_json::json!({ "user": user, "grant": [role] }),
+            ),
+            ("/v2/auth/enable".to_string(), serde_json::Value::Null),
+            (
+                "/v2/auth/roles/guest".to_string(),
+                serde_json::json!({
+                    "role": "guest",
+                    "revoke": { "kv": { "read": ["/*"], "write": ["/*"] } }
+                }),
+            ),
+        ];
+        let login = format!("root:{root}");
+        for (path, body) in steps {
+            let body = body.to_string();
+            let reply = http(
+                self.client_port,
+                "PUT",
+                &path,
+                Some(("application/json", &body)),
+                Some(&login),
+            )
+            .unwrap_or_else(|e| panic!("etcd PUT {path}: {e}"));
+            assert!(
+                (200..300).contains(&reply.status),
+                "etcd PUT {path}: {} {}",
+                reply.status,
+                reply.body
+            );
+        }
+        self.root_v2 = Some(root.to_string());
     }
 
     /// Kills etcd (SIGKILL: an outage, not a goodbye), keeping its data for [`Self::restart`].
@@ -103,7 +246,14 @@ impl Etcd {
         // The port may be briefly held by somebody who probed it meanwhile: retry a little.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match launch(self.dir.path(), self.client_port, self.peer_port, self.v2) {
+            let tls = self.tls.as_ref();
+            match launch(
+                self.dir.path(),
+                self.client_port,
+                self.peer_port,
+                self.v2,
+                tls,
+            ) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -150,14 +300,16 @@ impl Etcd {
     /// The v2 store statistics (`/v2/stats/store`), e.g. `"watchers"`: how many v2 watches
     /// are waiting right now.
     pub fn v2_store_stat(&self, name: &str) -> u64 {
-        let reply =
-            http(self.client_port, "GET", "/v2/stats/store", None).expect("GET /v2/stats/store");
+        let reply = http(self.client_port, "GET", "/v2/stats/store", None, None)
+            .expect("GET /v2/stats/store");
         json_number(&reply.body, name).unwrap_or_else(|| panic!("no {name} in {}", reply.body))
     }
 
     fn v2(&self, method: &str, key: &str, form: Option<&str>) -> Reply {
         let path = format!("/v2/keys/{}", key.trim_start_matches('/'));
-        http(self.client_port, method, &path, form)
+        let form = form.map(|f| ("application/x-www-form-urlencoded", f));
+        let login = self.root_v2.as_ref().map(|pw| format!("root:{pw}"));
+        http(self.client_port, method, &path, form, login.as_deref())
             .unwrap_or_else(|e| panic!("etcd v2 {method} {key}: {e}"))
     }
 
@@ -208,10 +360,8 @@ impl Etcd {
 
     /// Runs `etcdctl` (API v3) against this etcd; returns its stdout, panics on failure.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        require("etcdctl");
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+        let out = self
+            .etcdctl_command()
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run etcdctl ({e}); install it: {INSTALL}"));
@@ -227,7 +377,7 @@ impl Etcd {
     /// A metric from etcd's `/metrics`: the sum of the samples of `name` whose labels
     /// contain `labels` (e.g. `grpc_method="Range"`).
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
-        let reply = http(self.client_port, "GET", "/metrics", None).expect("GET /metrics");
+        let reply = http(self.client_port, "GET", "/metrics", None, None).expect("GET /metrics");
         reply
             .body
             .lines()
@@ -239,10 +389,8 @@ impl Etcd {
 
     /// Runs `etcdctl elect NAME PROPOSAL`: a real contender in etcd's election recipe.
     pub fn elect(&self, name: &str, proposal: &str) -> Elector {
-        require("etcdctl");
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
+        let mut child = self
+            .etcdctl_command()
             .args(["elect", name, proposal])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -260,6 +408,19 @@ impl Etcd {
             }
         });
         Elector { child, lines }
+    }
+
+    /// `etcdctl` (API v3) on the plain listener, logged in as root once auth is on.
+    fn etcdctl_command(&self) -> Command {
+        require("etcdctl");
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.plain_endpoint()));
+        if let Some(root) = &self.root_v3 {
+            command.arg(format!("--user=root:{root}"));
+        }
+        command
     }
 }
 
@@ -319,9 +480,23 @@ impl Drop for Elector {
 const LOG: &str = "etcd.log";
 
 /// Runs etcd with its data and log in `dir` and waits for `/health`; on failure returns
-/// etcd's log.
-fn launch(dir: &Path, client_port: u16, peer_port: u16, v2: bool) -> Result<Child, String> {
-    let client = format!("http://127.0.0.1:{client_port}");
+/// etcd's log. With `tls`, etcd listens for clients on both ports: HTTPS on the TLS one
+/// (advertised), plain HTTP on `client_port`.
+fn launch(
+    dir: &Path,
+    client_port: u16,
+    peer_port: u16,
+    v2: bool,
+    tls: Option<&Tls>,
+) -> Result<Child, String> {
+    let plain = format!("http://127.0.0.1:{client_port}");
+    let (listen, advertise) = match tls {
+        Some(tls) => {
+            let secure = format!("https://127.0.0.1:{}", tls.port);
+            (format!("{secure},{plain}"), secure)
+        }
+        None => (plain.clone(), plain),
+    };
     let peer = format!("http://127.0.0.1:{peer_port}");
     let log_path = dir.join(LOG);
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -334,13 +509,21 @@ fn launch(dir: &Path, client_port: u16, peer_port: u16, v2: bool) -> Result<Chil
     if v2 {
         command.arg("--enable-v2");
     }
+    if let Some(tls) = tls {
+        command.arg("--cert-file").arg(&tls.cert);
+        command.arg("--key-file").arg(&tls.key);
+        if let Some(ca) = &tls.client_ca {
+            command.arg("--client-cert-auth");
+            command.arg("--trusted-ca-file").arg(ca);
+        }
+    }
     let mut child = command
         .arg("--name")
         .arg("test")
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args(["--listen-client-urls", &client])
-        .args(["--advertise-client-urls", &client])
+        .args(["--listen-client-urls", &listen])
+        .args(["--advertise-client-urls", &advertise])
         .args(["--listen-peer-urls", &peer])
         .args(["--initial-advertise-peer-urls", &peer])
         .arg("--initial-cluster")
@@ -355,7 +538,7 @@ fn launch(dir: &Path, client_port: u16, peer_port: u16, v2: bool) -> Result<Chil
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("etcd exited with {status}\n{}", read_log()));
         }
-        if let Ok(reply) = http(client_port, "GET", "/health", None) {
+        if let Ok(reply) = http(client_port, "GET", "/health", None, None) {
             if reply.status == 200 && reply.body.contains("\"true\"") {
                 return Ok(child);
             }
@@ -383,17 +566,16 @@ fn require(program: &str) {
     assert!(found, "`{program}` is not installed: {INSTALL}");
 }
 
-/// Two distinct free ports on 127.0.0.1 (both listeners are held while the second is
-/// picked, so they differ).
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let ports = (
-        a.local_addr().expect("local addr").port(),
-        b.local_addr().expect("local addr").port(),
-    );
-    drop((a, b));
-    ports
+/// `n` distinct free ports on 127.0.0.1 (all listeners are held while the next is picked,
+/// so they differ).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 struct Reply {
@@ -402,16 +584,29 @@ struct Reply {
 }
 
 /// One HTTP/1.1 request on a fresh connection: enough for etcd's small JSON answers, and
-/// no dependency the tests do not already have.
-fn http(port: u16, method: &str, path: &str, form: Option<&str>) -> std::io::Result<Reply> {
+/// no dependency the tests do not already have. `body` is (content type, body); `login` is
+/// `user:password` for basic authentication.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+    login: Option<&str>,
+) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let body = form.unwrap_or("");
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if form.is_some() {
-        request.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    if let Some(login) = login {
+        request.push_str(&format!(
+            "Authorization: Basic {}\r\n",
+            base64(login.as_bytes())
+        ));
     }
+    if let Some((content_type, _)) = body {
+        request.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    let body = body.map_or("", |(_, body)| body);
     request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
@@ -448,6 +643,28 @@ fn dechunk(mut body: &str) -> String {
         }
         out.push_str(&rest[..size]);
         body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Standard base64 with padding (for basic authentication).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
     }
     out
 }
