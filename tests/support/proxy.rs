@@ -18,10 +18,17 @@ impl Proxy {
     /// Starts `leader-proxy --listen 127.0.0.1:0 --admin 127.0.0.1:0 ARGS…` and waits until
     /// both listeners are bound.
     pub fn start(args: &[&str]) -> Proxy {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (`CONSUL_HTTP_TOKEN`, …) for the
+    /// proxy process only.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--log-level", "info,access=debug"])
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
