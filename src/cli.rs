@@ -40,8 +40,8 @@ const AFTER_LONG_HELP: &str = "\
 DISCOVERY, written the way `swarm manage` takes it:
   etcd://HOST:PORT[,HOST:PORT]/PREFIX     etcd, v2 API (classic Swarm)
   etcdv3://HOST:PORT[,HOST:PORT]/PREFIX   etcd, v3 API
-  zk://HOST:PORT[,HOST:PORT]/PREFIX       ZooKeeper (not supported yet)
-  consul://HOST:PORT/PREFIX               Consul KV (not supported yet)
+  zk://HOST:PORT[,HOST:PORT]/PREFIX       ZooKeeper
+  consul://HOST:PORT/PREFIX               Consul KV
   swarm://HOST:PORT[,HOST:PORT]           Docker swarm mode managers (not supported yet)
   static://HOST:PORT[,HOST:PORT]          probe each manager (not supported yet)
 The leader is read from PREFIX/LEADER-KEY.

@@ -49,12 +49,7 @@ use crate::discovery::{DiscoveryUrl, Scheme, SourceConfig};
 /// What is parsed but not built yet: given (by flag, environment or file), each is refused
 /// with "… is not supported yet". Deleting an entry lets it through.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "--listen unix://",
-    "--socket-mode",
-    "--socket-group",
     "--mode tcp",
-    "--on-leader-change",
-    "--drain-timeout",
     "--probe-interval",
     "--tlscert",
     "--tlskey",
@@ -64,7 +59,7 @@ const NOT_YET_SUPPORTED: &[&str] = &[
 ];
 
 /// The DISCOVERY schemes that have a backend.
-const SUPPORTED_SCHEMES: &[Scheme] = &[Scheme::Etcd, Scheme::EtcdV3];
+const SUPPORTED_SCHEMES: &[Scheme] = &[Scheme::Etcd, Scheme::EtcdV3, Scheme::Zk, Scheme::Consul];
 
 /// The schemes `--election contenders` works with.
 const CONTENDER_SCHEMES: &[Scheme] = &[Scheme::EtcdV3, Scheme::Zk];
@@ -78,6 +73,7 @@ pub mod defaults {
     use std::time::Duration;
 
     pub const LISTEN: &str = "127.0.0.1:2375";
+    pub const SOCKET_MODE: u32 = 0o660;
     pub const LEADER_KEY: &str = "docker/swarm/leader";
     pub const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
     pub const MAX_HELD: usize = 10_000;
@@ -163,6 +159,11 @@ pub enum LogFormat {
 pub struct Settings {
     pub discovery: DiscoveryUrl,
     pub listen: Vec<ListenAddr>,
+    /// Permissions of unix listeners (`--socket-mode`).
+    pub socket_mode: u32,
+    /// Group id of unix listeners (`--socket-group`, by name or number); `None`: the
+    /// process's group.
+    pub socket_group: Option<u32>,
     pub mode: Mode,
     pub leader_key: String,
     pub election: Election,
@@ -211,6 +212,8 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("discovery", &format_args!("{}", self.discovery))
             .field("listen", &self.listen)
+            .field("socket_mode", &format_args!("{:04o}", self.socket_mode))
+            .field("socket_group", &self.socket_group)
             .field("mode", &self.mode)
             .field("leader_key", &self.leader_key)
             .field("election", &self.election)
@@ -717,6 +720,36 @@ fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Setting
         }
     }
 
+    let socket_mode = match cli.socket_mode {
+        None => defaults::SOCKET_MODE,
+        Some(value) => {
+            let digits = value.trim();
+            let digits = digits.strip_prefix("0o").unwrap_or(digits);
+            match u32::from_str_radix(digits, 8) {
+                Ok(mode) if !digits.is_empty() && digits.len() <= 4 && mode <= 0o777 => mode,
+                _ => {
+                    return Err(invalid(
+                        "socket-mode",
+                        &value,
+                        "expected permissions in octal, like 0660",
+                    ))
+                }
+            }
+        }
+    };
+    let socket_group = match cli.socket_group {
+        None => None,
+        Some(value) => Some(
+            crate::proxy::listener::group_id(value.trim()).ok_or_else(|| {
+                invalid(
+                    "socket-group",
+                    &value,
+                    "no such group (give a group name or a numeric id)",
+                )
+            })?,
+        ),
+    };
+
     let election = one_of(
         "election",
         cli.election,
@@ -831,6 +864,8 @@ fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Setting
     Ok(Settings {
         discovery,
         listen,
+        socket_mode,
+        socket_group,
         mode,
         leader_key,
         election,
@@ -1345,7 +1380,7 @@ mod tests {
 
     #[test]
     fn unsupported_schemes() {
-        for scheme in ["zk", "consul", "swarm", "static"] {
+        for scheme in ["swarm", "static"] {
             let url = if matches!(scheme, "swarm" | "static") {
                 format!("{scheme}://127.0.0.1:2375")
             } else {
@@ -1354,7 +1389,8 @@ mod tests {
             assert_eq!(
                 err(&[&url]),
                 format!(
-                    "the {scheme}:// discovery scheme is not supported yet (supported: etcd://, etcdv3://)"
+                    "the {scheme}:// discovery scheme is not supported yet (supported: {})",
+                    supported_schemes()
                 )
             );
         }
@@ -1391,10 +1427,6 @@ mod tests {
     #[test]
     fn not_yet_supported_from_every_source() {
         let cases: &[(&str, &str)] = &[
-            ("socket-mode", "0660"),
-            ("socket-group", "docker"),
-            ("on-leader-change", "drain"),
-            ("drain-timeout", "5m"),
             ("probe-interval", "500ms"),
             ("tlscert", "/cert.pem"),
             ("tlskey", "/key.pem"),
@@ -1429,13 +1461,56 @@ mod tests {
             err_env(&[URL], &[("LEADER_PROXY_MODE", "tcp")]),
             "--mode tcp is not supported yet"
         );
-        let e = err(&["--listen", "unix:///run/leader-proxy.sock", URL]);
+    }
+
+    #[test]
+    fn unix_listeners_their_permissions_and_the_leader_change_policy() {
+        let f = file("listen = [\"127.0.0.1:0\", \"unix:///tmp/x.sock\"]\nsocket-mode = \"600\"\n");
+        let s = load(&["--config", path(&f), URL]).unwrap();
         assert_eq!(
-            e,
-            "--listen unix:///run/leader-proxy.sock (unix socket listeners) is not supported yet"
+            s.listen,
+            [
+                ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+                ListenAddr::Unix("/tmp/x.sock".into())
+            ]
         );
-        let f = file("listen = [\"127.0.0.1:0\", \"unix:///tmp/x.sock\"]\n");
-        assert!(err(&["--config", path(&f), URL]).contains("is not supported yet"));
+        assert_eq!(s.socket_mode, 0o600);
+        assert_eq!(s.socket_group, None);
+        let s = load(&["--listen", "unix:///run/lp.sock", URL]).unwrap();
+        assert_eq!(s.socket_mode, 0o660);
+        let s = load_env(
+            &[URL],
+            &[
+                ("LEADER_PROXY_SOCKET_MODE", "0o640"),
+                ("LEADER_PROXY_SOCKET_GROUP", "root"),
+                ("LEADER_PROXY_ON_LEADER_CHANGE", "close"),
+                ("LEADER_PROXY_DRAIN_TIMEOUT", "10s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.socket_mode, 0o640);
+        assert_eq!(s.socket_group, Some(0));
+        assert_eq!(s.on_leader_change, OnLeaderChange::Close);
+        assert_eq!(s.drain_timeout, Duration::from_secs(10));
+        assert_eq!(
+            load(&["--socket-group", "123", URL]).unwrap().socket_group,
+            Some(123)
+        );
+        for bad in ["rw", "0999", "1777", "", "07777"] {
+            let e = err(&["--socket-mode", bad, URL]);
+            assert!(
+                e.starts_with(&format!("invalid value {bad:?} for --socket-mode")),
+                "{e}"
+            );
+        }
+        let e = err(&["--socket-group", "no-such-group-leader-proxy", URL]);
+        assert!(
+            e.contains("--socket-group") && e.contains("no such group"),
+            "{e}"
+        );
+        let e = err(&["--on-leader-change", "wait", URL]);
+        assert!(e.contains("expected drain or close"), "{e}");
+        assert!(err(&["--drain-timeout", "soon", URL]).contains("--drain-timeout"));
     }
 
     #[test]

@@ -217,10 +217,10 @@ fn an_unknown_toml_key_exits_2_naming_it() {
 
 #[test]
 fn a_scheme_not_built_yet_exits_2() {
-    let r = run(&["zk://127.0.0.1:2181/swarm"]);
+    let r = run(&["swarm://127.0.0.1:2375"]);
     refused(
         &r,
-        &["the zk:// discovery scheme is not supported yet (supported: etcd://, etcdv3://)"],
+        &["the swarm:// discovery scheme is not supported yet (supported: etcd://, etcdv3://"],
     );
 }
 

@@ -59,3 +59,14 @@ conformance!(
     "etcd v3 contenders",
     support::store_etcd::EtcdV3Contenders::start()
 );
+conformance!(
+    consul,
+    "consul (double)",
+    support::store_consul::ConsulStore::start()
+);
+conformance!(zk_key, "zk key", support::store_zk::ZkKey::start());
+conformance!(
+    zk_contenders,
+    "zk contenders",
+    support::store_zk::ZkContenders::start()
+);

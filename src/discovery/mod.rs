@@ -5,11 +5,14 @@
 //! never knows which store is in use.
 
 pub mod backoff;
+pub mod consul;
 pub mod etcd2;
 pub mod etcd3;
 mod follow;
+pub(crate) mod store_tls;
 pub mod url;
 pub mod value;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,8 +84,10 @@ pub fn source_for(config: SourceConfig) -> Result<Box<dyn LeaderSource>, SourceE
     match config.url.scheme() {
         Scheme::Etcd => Ok(Box::new(etcd2::Etcd2Source::new(config)?)),
         Scheme::EtcdV3 => Ok(Box::new(etcd3::Etcd3Source::new(config)?)),
+        Scheme::Consul => Ok(Box::new(consul::ConsulSource::new(config)?)),
+        Scheme::Zk => Ok(Box::new(zookeeper::ZkSource::new(config)?)),
         other => Err(SourceError::Unsupported(format!(
-            "the {}:// discovery scheme is not supported yet (supported: etcd://, etcdv3://)",
+            "the {}:// discovery scheme is not supported yet (supported: etcd://, etcdv3://, zk://, consul://)",
             other.as_str()
         ))),
     }

@@ -5,9 +5,15 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod conformance;
+pub mod consul_double;
+pub mod dockerd;
 pub mod etcd;
 pub mod http;
 pub mod proxy;
 pub mod sim;
+pub mod store_consul;
 pub mod store_etcd;
+pub mod store_zk;
+pub mod zookeeper;

@@ -17,8 +17,17 @@
 //!     the advertise address, lease)`, which puts `NAME/<lease id in hex>`; the lowest create
 //!     revision leads.
 //!
+//!   - `consul://`: Consul's `api.Lock` as libkv uses it: a session (behaviour `release`,
+//!     lock-delay 1 ms, TTL = `--ttl` / 2) renewed every TTL/2, the key acquired with flags
+//!     `0x2ddccbc058a50c18` and the advertise address as value; blocking queries while held
+//!     and while waiting (see `consul.rs`).
+//!   - `zk://`: libkv's lock over go-zookeeper (`--election key`: ephemeral sequential
+//!     `_c_…-lock-` children, the lowest writes its address as the node's data) or
+//!     sequential contender nodes (`--election contenders`); see `zk.rs`.
+//!
 //!   SIGTERM/SIGINT resigns cleanly (v2: delete the key with `prevValue` = our address; v3:
-//!   resign and revoke the lease) and exits 0. SIGKILL leaves the key until the TTL expires.
+//!   resign and revoke the lease; Consul: release the key and destroy the session) and
+//!   exits 0. SIGKILL leaves the key until the TTL expires (Consul: the session's).
 //!
 //! - It answers a small, Docker-like HTTP/1.1 API (see `route`). Every response carries
 //!   `X-Served-By: NAME` and `X-Role: primary|replica` (the role when answering); JSON bodies
@@ -53,11 +62,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+mod consul;
 mod etcd2;
 mod etcd3;
+mod zk;
 
+use consul::*;
 use etcd2::*;
 use etcd3::*;
+use zk::*;
 
 /// Simulated classic Swarm manager (test tool of leader-proxy).
 #[derive(Parser, Debug, Clone)]
@@ -73,8 +86,8 @@ struct Args {
     /// Address put in the store (default: the bound listen address).
     #[arg(long)]
     advertise: Option<String>,
-    /// Store URL as `swarm manage` takes it: `etcd://h:p[,h:p]/prefix` (v2 API) or
-    /// `etcdv3://h:p[,h:p]/prefix`; or `none`: no election, always primary (a test writes
+    /// Store URL as `swarm manage` takes it: `etcd://h:p[,h:p]/prefix` (v2 API),
+    /// `etcdv3://h:p[,h:p]/prefix`, `zk://h:p[,h:p]/prefix` or `consul://h:p/prefix`; or `none`: no election, always primary (a test writes
     /// this manager's address into the store itself).
     #[arg(long)]
     discovery: String,
@@ -113,6 +126,9 @@ struct Held {
     lease: Option<i64>,
     /// etcd v3 contenders: our leader key while elected.
     leader_key: Option<LeaderKey>,
+    /// Consul: the current session, and whether it holds the leader key.
+    consul_session: Option<String>,
+    consul_locked: bool,
 }
 
 struct State {
@@ -204,6 +220,8 @@ impl State {
 enum StoreKind {
     V2,
     V3,
+    Consul,
+    Zk,
     /// `--discovery none`: no election; always primary (tests drive the store by hand).
     None,
 }
@@ -228,6 +246,10 @@ fn parse_discovery(url: &str, leader_key: &str) -> Result<Discovery> {
         (StoreKind::V2, rest)
     } else if let Some(rest) = url.strip_prefix("etcdv3://") {
         (StoreKind::V3, rest)
+    } else if let Some(rest) = url.strip_prefix("consul://") {
+        (StoreKind::Consul, rest)
+    } else if let Some(rest) = url.strip_prefix("zk://") {
+        (StoreKind::Zk, rest)
     } else {
         bail!("--discovery: unsupported URL {url:?} (expected etcd://h:p/prefix or etcdv3://h:p/prefix)");
     };
@@ -255,8 +277,8 @@ fn parse_discovery(url: &str, leader_key: &str) -> Result<Discovery> {
         bail!("--discovery/--leader-key: empty key");
     }
     let key = match kind {
-        StoreKind::V2 => format!("/{joined}"),
-        StoreKind::V3 => joined,
+        StoreKind::V2 | StoreKind::Zk => format!("/{joined}"),
+        StoreKind::V3 | StoreKind::Consul => joined,
         StoreKind::None => String::new(),
     };
     Ok(Discovery {
@@ -314,7 +336,19 @@ fn form_encode(s: &str) -> String {
 // Resignation (SIGTERM)
 // ------------------------------------------------------------------------------------------
 
-async fn resign(st: &State, v2: Option<&V2>, v3: Option<&EtcdClient>) {
+async fn resign(
+    st: &State,
+    v2: Option<&V2>,
+    v3: Option<&EtcdClient>,
+    consul: Option<&Consul>,
+    zk: Option<&ZkStore>,
+) {
+    if let Some(zk) = zk {
+        zk_resign(st, zk).await;
+    }
+    if let Some(consul) = consul {
+        consul_resign(st, consul).await;
+    }
     let (v2_key, lease, leader_key) = {
         let mut h = st.held();
         (h.v2_key, h.lease.take(), h.leader_key.take())
@@ -1036,6 +1070,8 @@ async fn run(args: Args) -> Result<()> {
     let mut tasks = Vec::new();
     let mut v2_store = None;
     let mut v3_client = None;
+    let mut consul_store = None;
+    let mut zk_store = None;
     match disc.kind {
         StoreKind::None => {
             // No election: the test names this manager in the store by hand.
@@ -1074,6 +1110,22 @@ async fn run(args: Args) -> Result<()> {
             )));
             v3_client = Some(client);
         }
+        StoreKind::Consul => {
+            if args.election == Election::Contenders {
+                bail!("--election contenders is not available for consul://");
+            }
+            let consul = Arc::new(Consul::new(&disc, args.ttl)?);
+            tasks.push(tokio::spawn(consul_candidate(st.clone(), consul.clone())));
+            tasks.push(tokio::spawn(consul_follower(st.clone(), consul.clone())));
+            consul_store = Some(consul);
+        }
+        StoreKind::Zk => {
+            let contenders = args.election == Election::Contenders;
+            let zk = Arc::new(ZkStore::new(&disc, args.ttl, contenders));
+            tasks.push(tokio::spawn(zk_candidate(st.clone(), zk.clone())));
+            tasks.push(tokio::spawn(zk_follower(st.clone(), zk.clone())));
+            zk_store = Some(zk);
+        }
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -1087,7 +1139,13 @@ async fn run(args: Args) -> Result<()> {
     server.abort();
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
-        resign(&st, v2_store.as_deref(), v3_client.as_ref()),
+        resign(
+            &st,
+            v2_store.as_deref(),
+            v3_client.as_ref(),
+            consul_store.as_deref(),
+            zk_store.as_deref(),
+        ),
     )
     .await;
     info!(name = %st.name, "exiting");
