@@ -29,7 +29,8 @@
 //! # kv.username = "swarm"               # dotted keys are joined back: "kv.username"
 //! ```
 //! Paths in the file are used as written (relative to the working directory).
-//! `config/etcd.toml` and `config/etcdv3.toml` show every setting.
+//! `config/` has an example per store (`etcd.toml`, `etcdv3.toml`, `zk.toml`, `consul.toml`)
+//! showing every setting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -1532,13 +1533,14 @@ mod tests {
     /// the file format knows.
     #[test]
     fn example_configs_parse() {
-        for name in ["etcd.toml", "etcdv3.toml"] {
+        for name in ["etcd.toml", "etcdv3.toml", "zk.toml", "consul.toml"] {
             let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/").to_string() + name;
             let s = load(&["--config", &file]).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let scheme = if name == "etcd.toml" {
-                Scheme::Etcd
-            } else {
-                Scheme::EtcdV3
+            let scheme = match name {
+                "etcd.toml" => Scheme::Etcd,
+                "etcdv3.toml" => Scheme::EtcdV3,
+                "zk.toml" => Scheme::Zk,
+                _ => Scheme::Consul,
             };
             assert_eq!(s.discovery.scheme(), scheme, "{name}");
             let text = std::fs::read_to_string(&file).unwrap();
