@@ -13,11 +13,12 @@ use crate::admin::Admin;
 use crate::config::{ListenAddr, Settings};
 use crate::discovery::source_for;
 use crate::metrics::Metrics;
+use crate::proxy::drain::Drain;
 use crate::proxy::front::Front;
 use crate::proxy::hijack::HijackRelay;
 use crate::proxy::hold::Hold;
 use crate::proxy::http::DockerApi;
-use crate::proxy::listener::{bind_tcp, serve_tcp};
+use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix};
 use crate::router::Router;
 
 /// Runs the proxy described by `settings` until it is told to stop.
@@ -42,12 +43,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.hold_timeout,
         settings.max_held,
     ));
+    let drain = Arc::new(Drain::new(
+        router.clone(),
+        settings.on_leader_change,
+        settings.drain_timeout,
+    ));
     let front = Arc::new(Front::new(
         pingora_proxy::http_proxy(
             &Arc::new(pingora_conf()),
             DockerApi::new(hold.clone(), metrics.clone(), settings.connect_timeout),
         ),
-        HijackRelay::new(hold, metrics.clone(), settings.connect_timeout),
+        HijackRelay::new(
+            hold,
+            metrics.clone(),
+            settings.connect_timeout,
+            drain.clone(),
+        ),
+        drain,
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -67,10 +79,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 )));
             }
             ListenAddr::Unix(path) => {
-                anyhow::bail!(
-                    "--listen unix://{}: unix listeners are not supported yet",
-                    path.display()
-                )
+                // Bound here, served (and its file removed at the end) by `serve_unix`; if
+                // a later listener fails, dropping it removes the file again.
+                let socket = bind_unix(path, settings.socket_mode, settings.socket_group)
+                    .with_context(|| format!("--listen {listen}"))?;
+                listeners.push(tokio::spawn(serve_unix(
+                    socket,
+                    front.clone(),
+                    connections.clone(),
+                    shutdown_rx.clone(),
+                )));
             }
         }
     }

@@ -4,6 +4,14 @@
 //! [`HijackRelay`]; any other is put back into the stream (pingora's l4 `Stream::rewind`)
 //! and handed to pingora's HTTP proxy, which serves it and hands the connection back for
 //! the next request, so the front inspects every head of a keep-alive connection.
+//!
+//! Timeouts: [`KEEPALIVE_IDLE`] applies only while waiting for a request head. Once a request
+//! runs there is none: pingora's downstream read timeout (60 s by default, applied to request
+//! bodies) is turned off, and the upstream read/write/idle timeouts are unset
+//! ([`super::http::DockerApi`]), so a `logs -f`, `events` or attach that is silent for hours
+//! is never cut, and neither is an upload that pauses. Dead peers are found by TCP keepalive.
+//! What ends a running request is its end, a broken socket, or the leader-change policy
+//! ([`super::drain`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,31 +21,38 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::drain::{Drain, RequestUpstream};
 use super::head::{read_head, Head};
 use super::hijack::HijackRelay;
 use super::http::DockerApi;
 
-/// How long a client connection may sit idle between requests (pingora's own default).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// How long a client connection may sit idle between requests (pingora's own default), and
+/// how long the head of a request may take to arrive: the longest of the proxy's fixed
+/// timeouts.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 pub struct Front {
     api: Arc<HttpProxy<DockerApi>>,
     relay: HijackRelay,
+    drain: Arc<Drain>,
 }
 
 impl Front {
-    pub fn new(api: HttpProxy<DockerApi>, relay: HijackRelay) -> Self {
+    pub fn new(api: HttpProxy<DockerApi>, relay: HijackRelay, drain: Arc<Drain>) -> Self {
         Self {
             api: Arc::new(api),
             relay,
+            drain,
         }
     }
 
     /// Serves a client connection until it closes, goes idle, or the proxy shuts down
-    /// (a request already running is finished first).
+    /// (a request already running is finished first), or the leader-change policy ends the
+    /// request running on it.
     pub async fn serve(&self, mut stream: L4Stream, mut shutdown: ShutdownWatch) {
+        let upstream = RequestUpstream::default();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -61,7 +76,17 @@ impl Front {
             stream.rewind(&bytes);
             let mut session = ServerSession::new_http1(Box::new(stream));
             session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
-            let Some(reused) = self.api.process_new_http(session, &shutdown).await else {
+            session.set_read_timeout(None);
+            upstream.reset();
+            let served = tokio::select! {
+                served = upstream.scope(self.api.process_new_http(session, &shutdown)) => served,
+                reason = self.drain.must_end_request(&upstream) => {
+                    // Dropping pingora's future closes the client and the upstream socket.
+                    info!(reason = reason.as_str(), "ending a request to the old leader");
+                    return;
+                }
+            };
+            let Some(reused) = served else {
                 return;
             };
             let (io, _settings) = reused.consume();

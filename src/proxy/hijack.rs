@@ -3,6 +3,10 @@
 //! when either side half-closes. Instead the head is written unchanged to the leader and
 //! bytes are copied both ways, each direction's EOF forwarded on its own: `docker run -i`
 //! closes its write side and still reads the output.
+//!
+//! A relayed connection has no idle timeout (an attach may be silent for hours); it ends
+//! when both directions have ended, when a socket breaks (a dead leader), or when the
+//! leader-change policy says so ([`Drain`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +17,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use super::docker_error_body;
+use super::drain::Drain;
 use super::hold::Hold;
 use crate::metrics::Metrics;
 
@@ -20,14 +25,21 @@ pub struct HijackRelay {
     hold: Arc<Hold>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
+    drain: Arc<Drain>,
 }
 
 impl HijackRelay {
-    pub fn new(hold: Arc<Hold>, metrics: Arc<Metrics>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        hold: Arc<Hold>,
+        metrics: Arc<Metrics>,
+        connect_timeout: Duration,
+        drain: Arc<Drain>,
+    ) -> Self {
         Self {
             hold,
             metrics,
             connect_timeout,
+            drain,
         }
     }
 
@@ -75,7 +87,21 @@ impl HijackRelay {
             self.log(&summary, 502, upstream_addr, started, 0, 0);
             return;
         }
-        let (up, down) = match tokio::io::copy_bidirectional(client, &mut upstream).await {
+        let Some(addr) = upstream_addr else {
+            // `next_upstream` returned an address, so the state holds it.
+            return;
+        };
+        let copied = tokio::select! {
+            copied = tokio::io::copy_bidirectional(client, &mut upstream) => copied,
+            reason = self.drain.must_end(addr) => {
+                info!(reason = reason.as_str(), request = %summary, upstream = %addr,
+                    "ending a hijacked connection to the old leader");
+                // Both sockets close: dropping `upstream`, and the client's here.
+                let _ = client.shutdown().await;
+                Err(std::io::Error::other(reason.as_str()))
+            }
+        };
+        let (up, down) = match copied {
             Ok(counts) => counts,
             Err(e) => {
                 debug!(error = %e, "hijacked connection ended with an error");

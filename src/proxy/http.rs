@@ -88,6 +88,8 @@ impl ProxyHttp for DockerApi {
                 return Err(Error::explain(ErrorType::HTTPStatus(503), message));
             }
         };
+        // For --on-leader-change: the front ends this request if its upstream is replaced.
+        super::drain::record_upstream(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.tcp_keepalive = Some(upstream_keepalive());

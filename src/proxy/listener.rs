@@ -1,22 +1,162 @@
-//! Client listeners: accepting connections and handing them to the [`Front`], and the
-//! graceful stop (stop accepting, let what runs finish).
+//! Client listeners: accepting connections (TCP and unix sockets) and handing them to the
+//! [`Front`], and the graceful stop (stop accepting, let what runs finish).
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::front::Front;
 
 /// Binds a TCP listener and logs `Listening on ADDR` with the bound address (port 0 = any).
-pub async fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub async fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await?;
     info!("Listening on {}", listener.local_addr()?);
     Ok(listener)
+}
+
+/// A bound unix listener and the socket file it owns: the file is removed when this is
+/// dropped (shutdown, or a failed start), unless another process has replaced it since.
+pub struct UnixSocket {
+    listener: UnixListener,
+    file: SocketFile,
+}
+
+struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the socket we bound, to recognise it at removal.
+    id: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    warn!(path = %self.path.display(), error = %e, "cannot remove the socket file");
+                }
+            }
+            // Gone already, or somebody else's now: not ours to remove.
+            _ => {}
+        }
+    }
+}
+
+/// Why a unix listener could not be set up; the messages are for the operator (the caller
+/// names the flag and the path).
+#[derive(Debug, thiserror::Error)]
+pub enum UnixBindError {
+    #[error(
+        "the socket is in use: something is listening on it (another leader-proxy, or \
+         dockerd?); refusing to replace it: stop that process or choose another path"
+    )]
+    InUse,
+    #[error("the path exists and is not a socket; refusing to replace it")]
+    NotASocket,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Binds a unix listener at `path` with permissions `mode` and, if given, group `gid`, and
+/// logs `Listening on unix://PATH`.
+///
+/// A socket file left at `path` by a process that died is replaced, but only when nothing
+/// answers a connection to it; a live one, or a file that is not a socket, is an error.
+/// The socket is created with no permission for anybody but its owner (as dockerd does) and
+/// only then given its group and mode, so nobody else can connect in between.
+pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixSocket, UnixBindError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(UnixBindError::InUse),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    info!(path = %path.display(), "replacing a stale socket file (nothing listens on it)");
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // Removed between the two calls: the path is free.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(_) => return Err(UnixBindError::NotASocket),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+
+    let listener = {
+        let _mask = Umask::set(0o177);
+        UnixListener::bind(path)?
+    };
+    let meta = std::fs::symlink_metadata(path)?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        id: (meta.dev(), meta.ino()),
+    };
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    info!("Listening on unix://{}", path.display());
+    Ok(UnixSocket { listener, file })
+}
+
+/// The process umask, set for as long as this lives (only around a bind: it is process
+/// wide, and the mask chosen, 0177, at worst makes a file created meanwhile owner-only).
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Self {
+        // SAFETY: umask cannot fail and touches no memory.
+        Self(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::umask(self.0) };
+    }
+}
+
+/// The id of a group given by name or number (`--socket-group`), through the system's group
+/// database (NSS: /etc/group, LDAP, …). `None` if there is no such group.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: getgrnam_r writes only into `group` and `buf` (whose length it is given)
+        // and sets `result` to null or to `&group`.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(group.gr_gid);
+    }
 }
 
 /// Accepts connections until `shutdown` turns true; each connection runs as a task in
@@ -35,17 +175,86 @@ pub async fn serve_tcp(
         match accepted {
             Ok((tcp, _peer)) => {
                 let _ = tcp.set_nodelay(true);
-                let front = front.clone();
-                let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    front.serve(L4Stream::from(tcp), shutdown).await;
-                });
+                spawn(&front, &connections, &shutdown, L4Stream::from(tcp));
             }
-            Err(e) => {
-                // EMFILE and friends: back off a little instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            Err(e) => accept_failed(e).await,
         }
+    }
+}
+
+/// [`serve_tcp`] for a unix listener. The socket file is removed when this returns.
+pub async fn serve_unix(
+    socket: UnixSocket,
+    front: Arc<Front>,
+    connections: TaskTracker,
+    mut shutdown: ShutdownWatch,
+) {
+    let UnixSocket { listener, file } = socket;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((unix, _peer)) => spawn(&front, &connections, &shutdown, L4Stream::from(unix)),
+            Err(e) => accept_failed(e).await,
+        }
+    }
+    // Stop accepting first, then remove the path: a client arriving now gets ENOENT (or
+    // ECONNREFUSED), never a connection nobody serves.
+    drop(listener);
+    drop(file);
+}
+
+fn spawn(front: &Arc<Front>, connections: &TaskTracker, shutdown: &ShutdownWatch, io: L4Stream) {
+    let front = front.clone();
+    let shutdown = shutdown.clone();
+    connections.spawn(async move {
+        front.serve(io, shutdown).await;
+    });
+}
+
+async fn accept_failed(e: io::Error) {
+    // EMFILE and friends: back off a little instead of spinning.
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replaces_a_stale_socket_refuses_a_live_one_and_removes_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sock");
+        // Stale: bound, then the listener closed without removing the file.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = bind_unix(&path, 0o640, None).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+
+        match bind_unix(&path, 0o660, None) {
+            Err(UnixBindError::InUse) => {}
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a live socket was replaced"),
+        }
+        assert!(path.exists(), "the live socket file was removed");
+        drop(socket);
+        assert!(!path.exists());
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(matches!(
+            bind_unix(&path, 0o660, None),
+            Err(UnixBindError::NotASocket)
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn looks_groups_up_by_name_and_number() {
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("4242"), Some(4242));
+        assert_eq!(group_id("no-such-group-leader-proxy"), None);
     }
 }

@@ -3,6 +3,7 @@
 //! carrying `Upgrade`, through the [`hijack`] relay. Both ask [`hold::Hold`] for the
 //! upstream, so they wait and retry the same way.
 
+pub mod drain;
 pub mod front;
 pub mod head;
 pub mod hijack;

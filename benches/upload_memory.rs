@@ -1,0 +1,298 @@
+//! Memory under a large upload: a 1 GiB build context (legacy builder, `docker build` with
+//! `DOCKER_BUILDKIT=0`) streamed through leader-proxy to a real dockerd found through a
+//! real etcd. Prints the proxy's resident memory before the upload and its peak during it
+//! (`VmRSS` sampled every 10 ms and the kernel's high-water mark `VmHWM`, from
+//! /proc/PID/status), and the same upload sent straight to dockerd as the anchor for the
+//! time it takes. The goal is a few MiB of growth: request bodies are streamed (pingora's
+//! body pump holds a handful of chunks), never buffered whole.
+//!
+//! Not a test: it asserts nothing, it prints numbers. Run with `cargo bench --bench
+//! upload_memory` (root, dockerd, etcd and busybox-static needed, like the e2e tests; the
+//! context is a sparse file, but dockerd writes 1 GiB twice to its temp dir).
+
+#[path = "../tests/support/dockerd.rs"]
+#[allow(dead_code)]
+mod dockerd;
+#[path = "../tests/support/http.rs"]
+#[allow(dead_code)]
+mod http;
+
+use std::io::BufRead;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dockerd::{docker, run, Dockerd, DOCKER};
+
+const SIZE: u64 = 1 << 30;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter that does not name this one skips it.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !args.is_empty() && !args.iter().any(|a| "upload_memory".contains(a.as_str())) {
+        return;
+    }
+    let etcd = Etcd::start();
+    let dockerd = Dockerd::start();
+    etcd.put("/p/docker/swarm/leader", &dockerd.endpoint());
+    let (mut proxy, proxy_addr) = start_proxy(&format!("etcd://{}/p", etcd.endpoint()));
+    let pid = proxy.id();
+
+    let dir = tempfile::Builder::new()
+        .prefix("lpb-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let context = dir.path().join("ctx");
+    std::fs::create_dir_all(&context).expect("mkdir");
+    std::fs::write(context.join("Dockerfile"), "FROM bb:local\n").expect("Dockerfile");
+    std::fs::File::create(context.join("big"))
+        .and_then(|f| f.set_len(SIZE))
+        .expect("sparse 1 GiB file");
+    let config = dir.path().join("client");
+    let via_proxy = format!("tcp://{proxy_addr}");
+    let direct = format!("tcp://{}", dockerd.endpoint());
+    let build = |host: &str, tag: &str| {
+        let mut cmd = docker(DOCKER, host, &config);
+        cmd.env("DOCKER_BUILDKIT", "0")
+            .args(["build", "--network", "none", "-q", "-t", tag])
+            .arg(&context);
+        cmd
+    };
+
+    // Warm up: a few requests and a small build through the proxy, so "before" is the
+    // memory of a proxy that has served traffic, not of one that just started.
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    std::fs::write(small.join("Dockerfile"), "FROM bb:local\n").expect("Dockerfile");
+    for _ in 0..3 {
+        let out = run(
+            docker(DOCKER, &via_proxy, &config).args(["version"]),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(out.ok(), "{out}");
+    }
+    let mut warm = docker(DOCKER, &via_proxy, &config);
+    warm.env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", "warm"])
+        .arg(&small);
+    let out = run(&mut warm, None, Duration::from_secs(120));
+    assert!(out.ok(), "{out}");
+
+    let before = Status::of(pid);
+    let sampler = Sampler::start(pid);
+    let started = Instant::now();
+    let out = run(
+        &mut build(&via_proxy, "up:proxied"),
+        None,
+        Duration::from_secs(1800),
+    );
+    let proxied = started.elapsed();
+    let peak_sampled = sampler.stop();
+    assert!(out.ok(), "{out}");
+    let after = Status::of(pid);
+
+    let started = Instant::now();
+    let out = run(
+        &mut build(&direct, "up:direct"),
+        None,
+        Duration::from_secs(1800),
+    );
+    let direct_time = started.elapsed();
+    assert!(out.ok(), "{out}");
+
+    let gib = SIZE as f64 / MIB;
+    println!("upload_memory: {gib:.0} MiB build context (legacy builder) through leader-proxy");
+    println!(
+        "  proxy before:  VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        before.rss_kib as f64 / 1024.0,
+        before.hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "  proxy during:  VmRSS peak {:.1} MiB (sampled every 10 ms), VmHWM {:.1} MiB",
+        peak_sampled as f64 / 1024.0,
+        after.hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "  growth:        {:+.1} MiB (VmHWM after - VmHWM before), {:+.1} MiB (peak VmRSS - VmRSS before)",
+        (after.hwm_kib as f64 - before.hwm_kib as f64) / 1024.0,
+        (peak_sampled as f64 - before.rss_kib as f64) / 1024.0
+    );
+    println!(
+        "  upload time:   through the proxy {:.2} s ({:.0} MiB/s); direct to dockerd {:.2} s ({:.0} MiB/s), the anchor",
+        proxied.as_secs_f64(),
+        gib / proxied.as_secs_f64(),
+        direct_time.as_secs_f64(),
+        gib / direct_time.as_secs_f64()
+    );
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+struct Status {
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+impl Status {
+    fn of(pid: u32) -> Status {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Status {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+        }
+    }
+}
+
+/// Samples VmRSS every 10 ms on a thread; `stop` returns the highest seen.
+struct Sampler {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let (stop, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(Status::of(pid).rss_kib);
+                match rx.recv_timeout(Duration::from_millis(10)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return peak,
+                }
+            }
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+fn start_proxy(discovery: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", discovery])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start leader-proxy");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(addr) = line.split("Listening on ").nth(1) {
+                    break addr.trim().to_string();
+                }
+            }
+            _ => panic!("leader-proxy exited before listening"),
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// A throwaway etcd (v2 API on) on free ports.
+struct Etcd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, peer) = free_ports();
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .arg("--enable-v2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is not installed: apt-get install etcd-server etcd-client");
+        let etcd = Etcd {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http::get(etcd.addr(), "/health").map(|r| r.status).ok() != Some(200) {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn endpoint(&self) -> String {
+        self.addr().to_string()
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        let body = format!("value={value}");
+        let reply = http::request(
+            self.addr(),
+            "PUT",
+            &format!("/v2/keys{key}"),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .expect("etcd v2 PUT");
+        assert!(
+            reply.status == 200 || reply.status == 201,
+            "{}",
+            reply.text()
+        );
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two distinct free ports (both held while picked).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("free port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
+    (port(&a), port(&b))
+}
