@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::config::{ListenAddr, Settings};
-use crate::discovery::source_for;
+use crate::discovery::LeaderSource;
 use crate::metrics::Metrics;
 use crate::proxy::drain::Drain;
 use crate::proxy::front::Front;
@@ -21,15 +21,14 @@ use crate::proxy::http::DockerApi;
 use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix};
 use crate::router::Router;
 
-/// Runs the proxy described by `settings` until it is told to stop.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Runs the proxy described by `settings`, following `source`, until it is told to stop.
+pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let router = Arc::new(Router::new(
         settings.discovery.scheme().as_str(),
         metrics.clone(),
     ));
 
-    let source = source_for(settings.source_config()).context("discovery")?;
     let (events_tx, events_rx) = mpsc::channel(64);
     tokio::spawn(source.run(events_tx));
     tokio::spawn({

@@ -48,6 +48,7 @@ fn config(url: &str, options: &[(&str, &str)]) -> SourceConfig {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         connect_timeout: Duration::from_secs(2),
+        probe_interval: Duration::from_millis(500),
     }
 }
 
@@ -500,7 +501,11 @@ fn a_missing_tls_file_stops_the_proxy_naming_the_option_and_the_path() {
         .output()
         .expect("run leader-proxy");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it ran: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad store option exits 2: {stderr}"
+    );
     assert!(
         stderr.contains("kv.cacertfile") && stderr.contains(path(&missing)),
         "{stderr}"
