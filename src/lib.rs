@@ -6,6 +6,7 @@
 //!   [`discovery::LeaderEvent`]s;
 //! - [`router`]: the current leader, read with one atomic load per request;
 //! - [`proxy`]: the pingora front, the L7 proxy and the hijack relay;
+//! - [`tls`]: TLS for clients and to the managers, reloaded on SIGHUP;
 //! - [`admin`] and [`metrics`]: what operators and load balancers look at.
 
 pub mod admin;
@@ -16,3 +17,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;

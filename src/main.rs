@@ -1,20 +1,25 @@
 //! The `leader-proxy` binary: reads the settings, sets up logging and the runtime, and runs
 //! [`leader_proxy::server::run`]. Everything else lives in the library.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use leader_proxy::config::{self, LogFormat, Settings};
 use leader_proxy::discovery::source_for;
+use leader_proxy::server::ReloadHook;
+use leader_proxy::tls::UpstreamTls;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let settings = match config::load_from_args(std::env::args_os()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let settings = match config::load_from_args(args.clone()) {
         Ok(settings) => settings,
         // Prints help/version (status 0) or the error naming the flag (status 2).
         Err(e) => e.exit(),
     };
-    init_logging(&settings);
+    let set_filter = init_logging(&settings);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("leader-proxy")
@@ -25,6 +30,19 @@ fn main() -> ExitCode {
             eprintln!("leader-proxy: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // The certificates for the managers, shared by the proxy and the swarm:// and static://
+    // probes (one SIGHUP reloads them for both). Checked when the settings were resolved;
+    // one that went bad since is a bad setting too.
+    let upstream_tls = match &settings.upstream_cert_path {
+        None => None,
+        Some(dir) => match UpstreamTls::load(dir) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(e) => {
+                eprintln!("leader-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     // A store option that cannot work (a TLS file missing, an unknown kv.* key) is a bad
     // setting like any other: it names the option and exits 2 before anything listens.
@@ -38,7 +56,13 @@ fn main() -> ExitCode {
             }
         }
     };
-    match runtime.block_on(leader_proxy::server::run(settings, source)) {
+    let on_sighup = log_level_reload(args, set_filter);
+    match runtime.block_on(leader_proxy::server::run_with(
+        settings,
+        source,
+        upstream_tls,
+        Some(on_sighup),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -48,20 +72,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(settings: &Settings) {
+/// Replaces the log filter of the running subscriber.
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// The filter for `settings.log_level`.
+fn filter(settings: &Settings) -> EnvFilter {
     // The ZooKeeper client logs every session event at info; the proxy says what matters
     // about the store itself, so its chatter is kept to warnings unless asked for.
     let mut directives = settings.log_level.clone();
     if !directives.contains("zookeeper_client") {
         directives.push_str(",zookeeper_client=warn");
     }
-    let filter = EnvFilter::new(directives);
+    EnvFilter::new(directives)
+}
+
+fn init_logging(settings: &Settings) -> SetFilter {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(settings))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
     }
+}
+
+/// SIGHUP's part of the binary: the settings are read again as at start (the same command
+/// line, the environment, the `--config` file, which may have changed) and only their log
+/// level is applied. Settings that no longer load keep the level in use.
+fn log_level_reload(args: Vec<OsString>, set_filter: SetFilter) -> ReloadHook {
+    Box::new(move || match config::load_from_args(args.clone()) {
+        Ok(settings) => match set_filter(filter(&settings)) {
+            Ok(()) => tracing::info!("SIGHUP: log level {}", settings.log_level),
+            Err(e) => tracing::warn!("SIGHUP: cannot change the log level: {e}"),
+        },
+        Err(e) => tracing::warn!("SIGHUP: the settings do not load, the log level stays: {e}"),
+    })
 }

@@ -29,6 +29,18 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Leader values ignored because they are not addresses.
     pub rejected_values: IntCounter,
+    /// `--mode tcp` connections by how they ended up: `proxied` (relayed to a leader) or
+    /// `refused` (closed without one: --hold-timeout, --max-held).
+    pub l4_connections: IntCounterVec,
+    /// `--mode tcp` connections being relayed right now.
+    pub l4_open: IntGauge,
+    /// `--mode tcp` bytes relayed, by direction (`to_leader`, `to_client`), counted as they
+    /// pass (a connection open for hours shows its traffic before it ends).
+    pub l4_bytes: IntCounterVec,
+    /// Client TLS handshakes that failed (no or a wrong client certificate, not TLS, …).
+    pub tls_handshake_failures: IntCounter,
+    /// SIGHUP reloads of the certificates, by `result` (`ok`, `error`: the old ones kept).
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +102,40 @@ impl Metrics {
             "Leader values ignored because they are not addresses",
         )
         .expect("valid metric");
+        let l4_connections = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_l4_connections_total",
+                "--mode tcp client connections, by result (proxied or refused)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let l4_open = IntGauge::new(
+            "leader_proxy_l4_open_connections",
+            "--mode tcp connections being relayed",
+        )
+        .expect("valid metric");
+        let l4_bytes = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_l4_bytes_total",
+                "--mode tcp bytes relayed, by direction (to_leader, to_client)",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounter::new(
+            "leader_proxy_tls_handshake_failures_total",
+            "Client TLS handshakes that failed (missing or untrusted client certificates too)",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_reloads_total",
+                "SIGHUP reloads of the certificates, by result (ok, error)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(leader_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(leader.clone()),
@@ -100,6 +146,11 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(store_errors.clone()),
             Box::new(rejected_values.clone()),
+            Box::new(l4_connections.clone()),
+            Box::new(l4_open.clone()),
+            Box::new(l4_bytes.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(reloads.clone()),
         ] {
             registry
                 .register(collector)
@@ -116,6 +167,11 @@ impl Metrics {
             retries,
             store_errors,
             rejected_values,
+            l4_connections,
+            l4_open,
+            l4_bytes,
+            tls_handshake_failures,
+            reloads,
         }
     }
 

@@ -1,5 +1,8 @@
 //! Composes the services of one leader-proxy process and runs them until SIGTERM/SIGINT:
-//! the leader source feeding the router, the client listeners, the admin listener.
+//! the leader source feeding the router, the client listeners (`--mode http`: the front,
+//! with client TLS on TCP listeners when configured; `--mode tcp`: the L4 relay), the admin
+//! listener. SIGHUP reloads the certificates (client and upstream) and whatever the binary
+//! hooks in (the log level), nothing else.
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::config::{ListenAddr, Settings};
+use crate::config::{ListenAddr, Mode, Settings};
 use crate::discovery::LeaderSource;
 use crate::metrics::Metrics;
 use crate::proxy::drain::Drain;
@@ -18,11 +21,37 @@ use crate::proxy::front::Front;
 use crate::proxy::hijack::HijackRelay;
 use crate::proxy::hold::Hold;
 use crate::proxy::http::DockerApi;
-use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix};
+use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix, Service};
+use crate::proxy::tcp::L4Proxy;
 use crate::router::Router;
+use crate::tls::{ServerTls, UpstreamTls, UPSTREAM_CA};
+
+/// What SIGHUP reloads besides the certificates, given by the binary (the log filter lives
+/// there). Called on the runtime: it must not block for long.
+pub type ReloadHook = Box<dyn Fn() + Send + Sync>;
 
 /// Runs the proxy described by `settings`, following `source`, until it is told to stop.
 pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::Result<()> {
+    let upstream_tls = match &settings.upstream_cert_path {
+        Some(dir) => Some(Arc::new(UpstreamTls::load(dir)?)),
+        None => None,
+    };
+    run_with(settings, source, upstream_tls, None).await
+}
+
+/// [`run`] with the `--upstream-cert-path` files already loaded (the binary loads them
+/// first: a file that cannot work exits 2, and the `swarm://`/`static://` probes share the
+/// same [`UpstreamTls`], so one SIGHUP reloads it for both), calling `on_sighup` after the
+/// certificates are reloaded on each SIGHUP.
+pub async fn run_with(
+    settings: Settings,
+    source: Box<dyn LeaderSource>,
+    upstream_tls: Option<Arc<UpstreamTls>>,
+    on_sighup: Option<ReloadHook>,
+) -> anyhow::Result<()> {
+    // Before anything listens: SIGHUP's default action would end the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let metrics = Arc::new(Metrics::new());
     let router = Arc::new(Router::new(
         settings.discovery.scheme().as_str(),
@@ -47,19 +76,69 @@ pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::R
         settings.on_leader_change,
         settings.drain_timeout,
     ));
-    let front = Arc::new(Front::new(
-        pingora_proxy::http_proxy(
-            &Arc::new(pingora_conf()),
-            DockerApi::new(hold.clone(), metrics.clone(), settings.connect_timeout),
-        ),
-        HijackRelay::new(
+    // Checked when the settings were resolved; read again here (a file may have changed).
+    let server_tls = match &settings.tls {
+        Some(files) => {
+            if !settings
+                .listen
+                .iter()
+                .any(|l| matches!(l, ListenAddr::Tcp(_)))
+            {
+                warn!("--tlscert is given but no TCP --listen: unix sockets do not use TLS");
+            }
+            if files.ca.is_some() && !files.verify {
+                warn!(
+                    "--tlscacert is given without --tlsverify: no client certificate is asked \
+                     for (as with dockerd); add --tlsverify to require one"
+                );
+            }
+            Some(Arc::new(ServerTls::load(files)?))
+        }
+        None => None,
+    };
+    let reload = Reload {
+        server_tls: server_tls.clone(),
+        upstream_tls: upstream_tls.clone(),
+        metrics: metrics.clone(),
+        hook: on_sighup,
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload.run();
+        }
+    });
+
+    let service = match settings.mode {
+        Mode::Http => Service::Http {
+            front: Arc::new(Front::new(
+                pingora_proxy::http_proxy(
+                    &Arc::new(pingora_conf(&settings)),
+                    DockerApi::new(
+                        hold.clone(),
+                        metrics.clone(),
+                        settings.connect_timeout,
+                        upstream_tls.clone(),
+                    ),
+                ),
+                HijackRelay::new(
+                    hold,
+                    metrics.clone(),
+                    settings.connect_timeout,
+                    drain.clone(),
+                    upstream_tls.clone(),
+                ),
+                drain,
+            )),
+            tls: server_tls,
+            metrics: metrics.clone(),
+        },
+        Mode::Tcp => Service::Tcp(Arc::new(L4Proxy::new(
             hold,
             metrics.clone(),
             settings.connect_timeout,
-            drain.clone(),
-        ),
-        drain,
-    ));
+            drain,
+        ))),
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = TaskTracker::new();
@@ -72,7 +151,7 @@ pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::R
                     .with_context(|| format!("--listen {addr}"))?;
                 listeners.push(tokio::spawn(serve_tcp(
                     listener,
-                    front.clone(),
+                    service.clone(),
                     connections.clone(),
                     shutdown_rx.clone(),
                 )));
@@ -84,7 +163,7 @@ pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::R
                     .with_context(|| format!("--listen {listen}"))?;
                 listeners.push(tokio::spawn(serve_unix(
                     socket,
-                    front.clone(),
+                    service.clone(),
                     connections.clone(),
                     shutdown_rx.clone(),
                 )));
@@ -124,11 +203,57 @@ pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::R
     Ok(())
 }
 
+/// What SIGHUP reloads.
+struct Reload {
+    server_tls: Option<Arc<ServerTls>>,
+    upstream_tls: Option<Arc<UpstreamTls>>,
+    metrics: Arc<Metrics>,
+    hook: Option<ReloadHook>,
+}
+
+impl Reload {
+    /// Reads the certificate files again (open connections keep the certificates they were
+    /// made with; a file that cannot be used keeps the old certificates, logged and
+    /// counted), then runs the hook.
+    fn run(&self) {
+        let results = [
+            self.server_tls.as_ref().map(|tls| tls.reload()),
+            self.upstream_tls.as_ref().map(|tls| tls.reload()),
+        ];
+        let (mut ok, mut failed) = (0, 0);
+        for result in results.into_iter().flatten() {
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    failed += 1;
+                    warn!("SIGHUP: {e}; keeping the certificates in use");
+                }
+            }
+        }
+        if ok + failed > 0 {
+            let result = if failed == 0 { "ok" } else { "error" };
+            self.metrics.reloads.with_label_values(&[result]).inc();
+            if failed == 0 {
+                info!("SIGHUP: certificates reloaded");
+            }
+        }
+        if let Some(hook) = &self.hook {
+            hook();
+        }
+    }
+}
+
 /// pingora's settings for the L7 path. Retries are bounded by leader-proxy's own hold
 /// deadline and retry rules, not by a count, so pingora's count is effectively unlimited.
-fn pingora_conf() -> ServerConf {
+/// With `--upstream-cert-path`, its `ca.pem` is also the root store of pingora's connector
+/// (each peer carries it anyway), so the system's roots are never read or trusted.
+fn pingora_conf(settings: &Settings) -> ServerConf {
     ServerConf {
         max_retries: usize::MAX,
+        ca_file: settings
+            .upstream_cert_path
+            .as_ref()
+            .map(|dir| dir.join(UPSTREAM_CA).display().to_string()),
         ..ServerConf::default()
     }
 }

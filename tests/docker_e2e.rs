@@ -3,6 +3,12 @@
 //! most scenarios; Debian's 20.10 for BuildKit) and docker-py (pooled connections), over
 //! TCP and over a unix socket. See tests/support/dockerd.rs for how dockerd runs here.
 //!
+//! The same CLI scenarios ([`cli_scenarios`]) also run over TLS, with certificates made by
+//! the test: clients talking TLS to the proxy (`--tlsverify`, `DOCKER_TLS_VERIFY=1`,
+//! `DOCKER_CERT_PATH`), the proxy talking TLS to a dockerd started with `--tlsverify`
+//! (`--upstream-cert-path`), and `--mode tcp` passing the client's TLS straight through to
+//! that dockerd.
+//!
 //! The tests named `dockerd_…` start dockerd (heavy: dockerd + containerd); nextest runs at
 //! most two at once (`.config/nextest.toml`, test group `dockerd`). Each starts one etcd and
 //! one or two dockerd, and runs several scenarios on them.
@@ -18,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use support::certs::Certs;
 use support::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER};
 use support::etcd::Etcd;
 
@@ -33,7 +40,7 @@ const CMD: Duration = Duration::from_secs(60);
 fn dockerd_cli_over_tcp() {
     let lab = Lab::new(&[]);
     let host = format!("tcp://{}", lab.proxy.tcp);
-    cli_scenarios(&lab, &host, "tcp");
+    cli_scenarios(&lab, &Client::plain(&host), "tcp");
 }
 
 /// The CI-runner sidecar: `DOCKER_HOST=unix:///…` (the proxy also listens on TCP: several
@@ -48,12 +55,102 @@ fn dockerd_cli_over_unix_socket() {
         .mode();
     assert_eq!(mode & 0o777, 0o660, "default --socket-mode");
     let host = format!("unix://{}", socket.display());
-    cli_scenarios(&lab, &host, "unix");
+    cli_scenarios(&lab, &Client::plain(&host), "unix");
 }
 
-fn cli_scenarios(lab: &Lab, host: &str, label: &str) {
+// ---------------------------------------------------------------------------------------
+// The same over TLS: the load-balancer-tier setups.
+
+/// TLS termination: clients speak TLS to the proxy with certificates from the proxy's CA
+/// (`--tlsverify`), the proxy speaks plain HTTP to dockerd.
+#[test]
+fn dockerd_cli_over_client_tls() {
+    let certs = Certs::new("lb-ca");
+    let (cert, key, ca) = (
+        certs.server_cert.display().to_string(),
+        certs.server_key.display().to_string(),
+        certs.ca.display().to_string(),
+    );
+    let lab = Lab::new(&[
+        "--tlscert",
+        &cert,
+        "--tlskey",
+        &key,
+        "--tlscacert",
+        &ca,
+        "--tlsverify",
+    ]);
+    let client = Client::tls(
+        &format!("tcp://{}", lab.proxy.tcp),
+        &certs.docker_cert_path(),
+    );
+    cli_scenarios(&lab, &client, "client-tls");
+    assert_refused_without_certificate(&lab, &certs);
+}
+
+/// TLS-only managers: dockerd runs `--tlsverify`; the proxy speaks TLS to it with
+/// `--upstream-cert-path` (the CA and a client certificate), clients speak plain HTTP to
+/// the proxy on loopback.
+#[test]
+fn dockerd_cli_to_tls_only_managers() {
+    let certs = Certs::new("managers-ca");
+    let cert_path = certs.docker_cert_path().display().to_string();
+    let lab = Lab::start(
+        Dockerd::start_tls(&certs.ca, &certs.server_cert, &certs.server_key),
+        &["--upstream-cert-path", &cert_path],
+    );
+    let client = Client::plain(&format!("tcp://{}", lab.proxy.tcp));
+    cli_scenarios(&lab, &client, "upstream-tls");
+}
+
+/// L4 passthrough in front of TLS-only managers: the client's TLS goes through the proxy
+/// (`--mode tcp`) to dockerd `--tlsverify`, which checks its certificate.
+#[test]
+fn dockerd_cli_l4_to_tls_only_managers() {
+    let certs = Certs::new("managers-ca");
+    let lab = Lab::start(
+        Dockerd::start_tls(&certs.ca, &certs.server_cert, &certs.server_key),
+        &["--mode", "tcp"],
+    );
+    let client = Client::tls(
+        &format!("tcp://{}", lab.proxy.tcp),
+        &certs.docker_cert_path(),
+    );
+    cli_scenarios(&lab, &client, "l4-tls");
+    assert_refused_without_certificate(&lab, &certs);
+}
+
+/// A docker CLI that trusts the CA but has no client certificate, or one from another CA,
+/// is refused in the TLS handshake (by the proxy, or in --mode tcp by dockerd).
+fn assert_refused_without_certificate(lab: &Lab, certs: &Certs) {
+    let other = Certs::new("other-ca");
+    let only_ca = lab.dir.path().join("only-ca");
+    let foreign = lab.dir.path().join("foreign");
+    for dir in [&only_ca, &foreign] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::copy(&certs.ca, dir.join("ca.pem")).expect("copy ca.pem");
+    }
+    std::fs::copy(&other.client_cert, foreign.join("cert.pem")).expect("copy cert.pem");
+    std::fs::copy(&other.client_key, foreign.join("key.pem")).expect("copy key.pem");
+    for (what, cert_path) in [("no certificate", only_ca), ("another CA", foreign)] {
+        let client = Client::tls(&format!("tcp://{}", lab.proxy.tcp), &cert_path);
+        let out = run(
+            lab.cli(DOCKER, &client)
+                .args(["info", "--format", "{{.DockerRootDir}}"]),
+            None,
+            CMD,
+        );
+        assert!(!out.ok(), "a client with {what} was served: {out}");
+        assert!(
+            out.stderr_text().contains("remote error: tls"),
+            "{what}: {out}"
+        );
+    }
+}
+
+fn cli_scenarios(lab: &Lab, client: &Client, label: &str) {
     let cli = |args: &[&str]| {
-        let mut cmd = lab.docker(DOCKER, host);
+        let mut cmd = lab.cli(DOCKER, client);
         cmd.args(args);
         cmd
     };
@@ -163,7 +260,7 @@ fn cli_scenarios(lab: &Lab, host: &str, label: &str) {
     assert_eq!(out.stdout_text().trim(), "102400", "{out}");
     step.done("exec -i");
 
-    let mut tty = lab.pty(host, &["exec", "-it", &id, "sh"]);
+    let mut tty = lab.pty(client, &["exec", "-it", &id, "sh"]);
     assert!(
         tty.wait_for("# ", Duration::from_secs(15)),
         "exec -it: {}",
@@ -291,7 +388,7 @@ fn cli_scenarios(lab: &Lab, host: &str, label: &str) {
     )
     .expect("write Dockerfile");
     let tag = format!("e2e-bk:{label}");
-    let mut build = lab.docker(DEBIAN_DOCKER, host);
+    let mut build = lab.cli(DEBIAN_DOCKER, client);
     build
         .env("DOCKER_BUILDKIT", "1")
         .args([
@@ -311,8 +408,9 @@ fn cli_scenarios(lab: &Lab, host: &str, label: &str) {
         CMD,
     );
     assert_eq!(out.stdout_text(), "buildkit-ok\n", "{out}");
+    // (In --mode tcp the proxy sees bytes, not requests.)
     assert!(
-        lab.proxy.log().contains("POST /session"),
+        lab.l4 || lab.proxy.log().contains("POST /session"),
         "the BuildKit session did not go through the hijack relay"
     );
     step.done("build, BuildKit");
@@ -615,7 +713,11 @@ impl LongLived {
             "events stream never showed an event: {}",
             events.text()
         );
-        let mut exec = pty(host, dir, &["exec", "-it", &container, "sh"]);
+        let mut exec = pty(
+            &Client::plain(host),
+            dir,
+            &["exec", "-it", &container, "sh"],
+        );
         assert!(
             exec.wait_for("# ", Duration::from_secs(15)),
             "exec -it: {}",
@@ -771,7 +873,7 @@ fn dockerd_idle_sessions_survive_twice_the_longest_timeout() {
         ]),
         false,
     );
-    let mut tty = lab.pty(&host, &["exec", "-it", &id, "sh"]);
+    let mut tty = lab.pty(&Client::plain(&host), &["exec", "-it", &id, "sh"]);
     assert!(
         tty.wait_for("# ", Duration::from_secs(15)),
         "{}",
@@ -938,12 +1040,18 @@ struct Lab {
     dockerd: Dockerd,
     _etcd: Etcd,
     dir: tempfile::TempDir,
+    /// The proxy runs `--mode tcp`.
+    l4: bool,
 }
 
 impl Lab {
     fn new(extra: &[&str]) -> Lab {
+        Lab::start(Dockerd::start(), extra)
+    }
+
+    /// etcd naming `dockerd` leader, and the proxy (`extra` flags) in front of it.
+    fn start(dockerd: Dockerd, extra: &[&str]) -> Lab {
         let etcd = Etcd::start();
-        let dockerd = Dockerd::start();
         let dir = temp_dir();
         etcd.put_v2(KEY, &dockerd.endpoint(), None);
         let proxy = Lp::start(
@@ -957,15 +1065,54 @@ impl Lab {
             dockerd,
             _etcd: etcd,
             dir,
+            l4: extra.windows(2).any(|w| w == ["--mode", "tcp"]),
         }
     }
 
-    fn docker(&self, client: &str, host: &str) -> Command {
-        docker(client, host, &self.dir.path().join("client"))
+    fn docker(&self, program: &str, host: &str) -> Command {
+        self.cli(program, &Client::plain(host))
     }
 
-    fn pty(&self, host: &str, args: &[&str]) -> Spawned {
-        pty(host, self.dir.path(), args)
+    /// The docker CLI `program` as `client` reaches the proxy.
+    fn cli(&self, program: &str, client: &Client) -> Command {
+        client.command(program, self.dir.path())
+    }
+
+    fn pty(&self, client: &Client, args: &[&str]) -> Spawned {
+        pty(client, self.dir.path(), args)
+    }
+}
+
+/// How a docker CLI reaches the proxy: `DOCKER_HOST`, and for TLS `DOCKER_TLS_VERIFY=1` with
+/// `DOCKER_CERT_PATH` (`ca.pem`, `cert.pem`, `key.pem`).
+struct Client {
+    host: String,
+    cert_path: Option<PathBuf>,
+}
+
+impl Client {
+    fn plain(host: &str) -> Client {
+        Client {
+            host: host.to_string(),
+            cert_path: None,
+        }
+    }
+
+    fn tls(host: &str, cert_path: &Path) -> Client {
+        Client {
+            host: host.to_string(),
+            cert_path: Some(cert_path.to_path_buf()),
+        }
+    }
+
+    /// `program` with this client's environment and its own config dir under `dir`.
+    fn command(&self, program: &str, dir: &Path) -> Command {
+        let mut cmd = docker(program, &self.host, &dir.join("client"));
+        if let Some(cert_path) = &self.cert_path {
+            cmd.env("DOCKER_TLS_VERIFY", "1")
+                .env("DOCKER_CERT_PATH", cert_path);
+        }
+        cmd
     }
 }
 
@@ -1222,14 +1369,14 @@ impl Drop for Spawned {
 
 /// The docker CLI under a pseudo-terminal (python's pty: the CLI sees a real tty on its
 /// stdin and stdout); what the test writes to the session is typed into it.
-fn pty(host: &str, dir: &Path, args: &[&str]) -> Spawned {
+fn pty(client: &Client, dir: &Path, args: &[&str]) -> Spawned {
     let script = dir.join("ptyrun.py");
     if !script.exists() {
         std::fs::write(&script, PTY).expect("write ptyrun.py");
     }
     let mut cmd = Command::new("python3");
     cmd.arg(&script).arg(DOCKER).args(args);
-    let client = docker(DOCKER, host, &dir.join("client"));
+    let client = client.command(DOCKER, dir);
     for (k, v) in client.get_envs() {
         match v {
             Some(v) => cmd.env(k, v),

@@ -1,9 +1,10 @@
 //! The front: the first to see every request on a client connection.
 //!
 //! It reads each request head itself. A head carrying `Upgrade` goes to the
-//! [`HijackRelay`]; any other is put back into the stream (pingora's l4 `Stream::rewind`)
-//! and handed to pingora's HTTP proxy, which serves it and hands the connection back for
-//! the next request, so the front inspects every head of a keep-alive connection.
+//! [`HijackRelay`]; any other is put back into the stream (pingora's l4 `Stream::rewind`, or
+//! [`TlsConn::rewind`] for a TLS client) and handed to pingora's HTTP proxy, which serves it
+//! and hands the connection back for the next request, so the front inspects every head of
+//! a keep-alive connection. Plain and TLS connections take the same path ([`ClientConn`]).
 //!
 //! Timeouts: [`KEEPALIVE_IDLE`] applies only while waiting for a request head. Once a request
 //! runs there is none: pingora's downstream read timeout (60 s by default, applied to request
@@ -16,9 +17,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use pingora_core::apps::HttpServerApp;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::IO;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tracing::{debug, info};
@@ -27,11 +30,35 @@ use super::drain::{Drain, RequestUpstream};
 use super::head::{read_head, Head};
 use super::hijack::HijackRelay;
 use super::http::DockerApi;
+use crate::tls::TlsConn;
 
 /// How long a client connection may sit idle between requests (pingora's own default), and
 /// how long the head of a request may take to arrive: the longest of the proxy's fixed
 /// timeouts.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// A client connection the front can serve: pingora takes it as its `IO`, and the request
+/// head the front read can be put back in front of what follows.
+pub trait ClientConn: IO + Sized + 'static {
+    fn put_back(&mut self, head: BytesMut);
+}
+
+/// TCP and unix connections.
+impl ClientConn for L4Stream {
+    fn put_back(&mut self, head: BytesMut) {
+        self.rewind(&head);
+    }
+}
+
+/// TLS connections.
+impl<S: 'static> ClientConn for TlsConn<S>
+where
+    TlsConn<S>: IO,
+{
+    fn put_back(&mut self, head: BytesMut) {
+        self.rewind(head);
+    }
+}
 
 pub struct Front {
     api: Arc<HttpProxy<DockerApi>>,
@@ -51,7 +78,7 @@ impl Front {
     /// Serves a client connection until it closes, goes idle, or the proxy shuts down
     /// (a request already running is finished first), or the leader-change policy ends the
     /// request running on it.
-    pub async fn serve(&self, mut stream: L4Stream, mut shutdown: ShutdownWatch) {
+    pub async fn serve<S: ClientConn>(&self, mut stream: S, mut shutdown: ShutdownWatch) {
         let upstream = RequestUpstream::default();
         loop {
             if *shutdown.borrow() {
@@ -73,7 +100,7 @@ impl Front {
                 self.relay.relay(&mut stream, bytes).await;
                 return;
             }
-            stream.rewind(&bytes);
+            stream.put_back(bytes);
             let mut session = ServerSession::new_http1(Box::new(stream));
             session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
             session.set_read_timeout(None);
@@ -90,9 +117,9 @@ impl Front {
                 return;
             };
             let (io, _settings) = reused.consume();
-            stream = match io.into_any().downcast::<L4Stream>() {
+            stream = match io.into_any().downcast::<S>() {
                 Ok(stream) => *stream,
-                // Only plain streams are handed to the proxy, so only they come back.
+                // What was handed to the proxy comes back; anything else cannot happen.
                 Err(_) => return,
             };
         }

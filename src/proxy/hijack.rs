@@ -7,6 +7,11 @@
 //! A relayed connection has no idle timeout (an attach may be silent for hours); it ends
 //! when both directions have ended, when a socket breaks (a dead leader), or when the
 //! leader-change policy says so ([`Drain`]).
+//!
+//! Over TLS (client side, manager side, or both) nothing changes: the client is a
+//! [`crate::tls::TlsConn`] when it came in over TLS, and with `--upstream-cert-path` the
+//! leader is dialled with TLS ([`UpstreamTls::connect`]). A half-close is then TLS's
+//! `close_notify` (followed by a TCP FIN), which dockerd reads as the end of stdin.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,18 +19,22 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tokio_util::either::Either;
+use tracing::{debug, info, warn};
 
 use super::docker_error_body;
 use super::drain::Drain;
 use super::hold::Hold;
 use crate::metrics::Metrics;
+use crate::tls::{manager_server_name, UpstreamTls};
 
 pub struct HijackRelay {
     hold: Arc<Hold>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
     drain: Arc<Drain>,
+    /// `--upstream-cert-path`: the leader is spoken to over TLS.
+    upstream_tls: Option<Arc<UpstreamTls>>,
 }
 
 impl HijackRelay {
@@ -34,12 +43,14 @@ impl HijackRelay {
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
         drain: Arc<Drain>,
+        upstream_tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
         Self {
             hold,
             metrics,
             connect_timeout,
             drain,
+            upstream_tls,
         }
     }
 
@@ -51,6 +62,9 @@ impl HijackRelay {
         let started = Instant::now();
         let summary = request_line(&head);
         let mut state = self.hold.start();
+        // A TLS failure is warned about once per request; the retries that follow (the
+        // manager may be getting new certificates) are debug.
+        let mut tls_warned = false;
         let mut upstream = loop {
             let addr = match self.hold.next_upstream(&mut state).await {
                 Ok(addr) => addr,
@@ -60,23 +74,26 @@ impl HijackRelay {
                     return;
                 }
             };
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => break stream,
-                Ok(Err(e)) => debug!(%addr, error = %e, "hijack: dial failed"),
-                Err(_) => debug!(%addr, "hijack: dial timed out"),
+            match self.dial(addr).await {
+                Ok(stream) => break stream,
+                Err(Dial::Tcp(e)) => debug!(%addr, error = %e, "hijack: dial failed"),
+                Err(Dial::Tls(e)) if !tls_warned => {
+                    tls_warned = true;
+                    warn!(%addr, error = %e, "hijack: TLS handshake with the leader failed \
+                        (--upstream-cert-path); retrying until --hold-timeout");
+                }
+                Err(Dial::Tls(e)) => debug!(%addr, error = %e, "hijack: TLS handshake failed"),
             }
             state.mark_failed();
             self.metrics.retries.with_label_values(&["connect"]).inc();
         };
         let upstream_addr = state.upstream();
-        let _ = upstream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&upstream).set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(30))
-                .with_interval(Duration::from_secs(10))
-                .with_retries(3),
-        );
-        if let Err(e) = upstream.write_all(&head).await {
+        // The flush pushes out what TLS may still hold (a no-op on plain TCP).
+        let written = match upstream.write_all(&head).await {
+            Ok(()) => upstream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             // Nothing can be known about whether the leader saw the request: never resend.
             self.reject_with(
                 client,
@@ -109,6 +126,35 @@ impl HijackRelay {
             }
         };
         self.log(&summary, 101, upstream_addr, started, up, down);
+    }
+
+    /// Dials the leader at `addr` within `--connect-timeout`, and with
+    /// `--upstream-cert-path` makes the TLS handshake (also within `--connect-timeout`).
+    async fn dial(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<
+        Either<TcpStream, crate::tls::TlsConn<tokio_rustls::client::TlsStream<TcpStream>>>,
+        Dial,
+    > {
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(Dial::Tcp(e)),
+            Err(_) => return Err(Dial::Tcp(std::io::ErrorKind::TimedOut.into())),
+        };
+        super::tcp::tune(&tcp);
+        let Some(tls) = &self.upstream_tls else {
+            return Ok(Either::Left(tcp));
+        };
+        let name = manager_server_name(self.hold.router(), addr);
+        match tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp)).await {
+            Ok(Ok(stream)) => Ok(Either::Right(stream)),
+            Ok(Err(e)) => Err(Dial::Tls(e)),
+            Err(_) => Err(Dial::Tls(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))),
+        }
     }
 
     async fn reject<C: AsyncWrite + Unpin>(&self, client: &mut C, message: &str) {
@@ -156,6 +202,12 @@ impl HijackRelay {
             "hijacked request"
         );
     }
+}
+
+/// Why a dial to the leader failed.
+enum Dial {
+    Tcp(std::io::Error),
+    Tls(std::io::Error),
 }
 
 /// The request line, for the access log.

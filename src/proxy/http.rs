@@ -1,5 +1,13 @@
 //! The L7 path: pingora's HTTP proxy with leader-proxy's choice of upstream, retry rules and
 //! Docker-style errors. Requests carrying `Upgrade` never come here (see [`super::front`]).
+//!
+//! With `--upstream-cert-path` the leader is spoken to over TLS by pingora's own connector
+//! (its `rustls` backend, ring, no OpenSSL), so upstream connections stay pooled and reused
+//! as in clear text. The CA and the client certificate go with each peer (pingora builds the
+//! rustls configuration of a new connection from them); the peer's SNI is the leader's host
+//! as the election named it, which is what the certificate is checked against (an IP:
+//! the IP SANs); the pool key carries the certificates' generation, so nothing made with
+//! certificates from before a SIGHUP reload is reused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +24,7 @@ use tracing::info;
 use super::docker_error_body;
 use super::hold::{Hold, HoldState};
 use crate::metrics::Metrics;
+use crate::tls::{manager_name, UpstreamTls};
 
 /// How long an idle upstream TCP connection waits before the kernel probes it: long streams
 /// (`logs -f`, `events`) to a manager whose host vanished must end, not hang.
@@ -34,6 +43,10 @@ pub struct DockerApi {
     hold: Arc<Hold>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
+    /// `--upstream-cert-path`: TLS to the leader.
+    upstream_tls: Option<Arc<UpstreamTls>>,
+    /// `swarm://`: a 503 from the leader to an idempotent request means "no leader".
+    swarm: bool,
 }
 
 /// Per-request state.
@@ -44,14 +57,27 @@ pub struct RequestCtx {
     written_retry_used: bool,
     /// Set by a hold that ended without an upstream: the message for the 503.
     hold_error: Option<String>,
+    /// A failed TLS handshake with the leader was warned about (once per request).
+    tls_warned: bool,
+    /// `swarm://`: the leader answered this (idempotent) request 503; it is held and sent
+    /// again, and a hold that ends says so.
+    no_leader: Option<std::net::SocketAddr>,
 }
 
 impl DockerApi {
-    pub fn new(hold: Arc<Hold>, metrics: Arc<Metrics>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        hold: Arc<Hold>,
+        metrics: Arc<Metrics>,
+        connect_timeout: Duration,
+        upstream_tls: Option<Arc<UpstreamTls>>,
+    ) -> Self {
+        let swarm = hold.router().source() == crate::discovery::Scheme::Swarm.as_str();
         Self {
             hold,
             metrics,
             connect_timeout,
+            upstream_tls,
+            swarm,
         }
     }
 }
@@ -72,6 +98,8 @@ impl ProxyHttp for DockerApi {
             hold: self.hold.start(),
             written_retry_used: false,
             hold_error: None,
+            tls_warned: false,
+            no_leader: None,
         }
     }
 
@@ -83,14 +111,31 @@ impl ProxyHttp for DockerApi {
         let addr = match self.hold.next_upstream(&mut ctx.hold).await {
             Ok(addr) => addr,
             Err(e) => {
-                let message = e.to_string();
+                let message = match ctx.no_leader {
+                    Some(addr) => format!(
+                        "the swarm has no leader: {addr} answered 503 until the hold ended \
+                         (leader-proxy --hold-timeout)"
+                    ),
+                    None => e.to_string(),
+                };
                 ctx.hold_error = Some(message.clone());
                 return Err(Error::explain(ErrorType::HTTPStatus(503), message));
             }
         };
         // For --on-leader-change: the front ends this request if its upstream is replaced.
         super::drain::record_upstream(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.upstream_tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                // Never empty: pingora skips verification for a peer without SNI.
+                let mut peer = HttpPeer::new(addr, true, manager_name(self.hold.router(), addr));
+                let material = tls.current();
+                peer.options.ca = Some(material.ca.clone());
+                peer.client_cert_key = material.cert_key.clone();
+                peer.group_key = material.generation;
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.tcp_keepalive = Some(upstream_keepalive());
         Ok(Box::new(peer))
@@ -99,15 +144,48 @@ impl ProxyHttp for DockerApi {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was written: any method may go to the next reachable leader.
+        if *e.etype() == ErrorType::TLSHandshakeFailure && !ctx.tls_warned {
+            ctx.tls_warned = true;
+            tracing::warn!(upstream = %peer._address, error = %e,
+                "TLS handshake with the leader failed (--upstream-cert-path); retrying until \
+                 --hold-timeout");
+        }
         ctx.hold.mark_failed();
         self.metrics.retries.with_label_values(&["connect"]).inc();
         e.set_retry(true);
         e
+    }
+
+    /// Docker swarm mode: during an election, and while a new leader settles, the leader
+    /// answers 503 ("The swarm does not have a leader"). For a GET/HEAD/OPTIONS that is a
+    /// request nobody executed: hold it like one whose leader is unreachable (re-sent with
+    /// backoff, or to the next leader at once) instead of passing the 503 on. Anything else
+    /// gets the 503: the client decides. Only the status is seen here (the body would come
+    /// after the head was sent on), and any 503 of a swarm manager means it cannot serve
+    /// cluster state now.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if self.swarm
+            && upstream_response.status == http::StatusCode::SERVICE_UNAVAILABLE
+            && may_resend(&session.req_header().method)
+        {
+            ctx.no_leader = ctx.hold.upstream();
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "the swarm manager answered 503 (no leader)",
+            )
+            .into_up());
+        }
+        Ok(())
     }
 
     fn error_while_proxy(
@@ -119,6 +197,13 @@ impl ProxyHttp for DockerApi {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("upstream {}", peer._address));
+        if ctx.no_leader.is_some() && *e.etype() == ErrorType::HTTPStatus(503) {
+            // Not executed: wait for a leader (or this one to settle) and send it again.
+            ctx.hold.mark_failed();
+            self.metrics.retries.with_label_values(&["no_leader"]).inc();
+            e.set_retry(true);
+            return e;
+        }
         let resend = e.esource() == &ErrorSource::Upstream
             && may_resend(&session.req_header().method)
             && !ctx.written_retry_used
@@ -126,6 +211,10 @@ impl ProxyHttp for DockerApi {
             && !session.as_ref().retry_buffer_truncated();
         if resend {
             ctx.written_retry_used = true;
+            // Not at once to the same leader: one that just died may still take a connection
+            // into its backlog and reset it. Back off (or take the next leader) as after a
+            // failed dial.
+            ctx.hold.mark_failed();
             self.metrics
                 .retries
                 .with_label_values(&["idempotent"])

@@ -1,19 +1,87 @@
-//! Client listeners: accepting connections (TCP and unix sockets) and handing them to the
-//! [`Front`], and the graceful stop (stop accepting, let what runs finish).
+//! Client listeners: accepting connections (TCP and unix sockets) and handing them to what
+//! serves them ([`Service`]: the [`Front`], over TLS on TCP listeners when configured, or the
+//! [`L4Proxy`] in `--mode tcp`), and the graceful stop (stop accepting, let what runs finish).
+//!
+//! The TLS handshake of a client runs in the connection's own task, never in the accept
+//! loop, bounded by [`TLS_HANDSHAKE_TIMEOUT`]: a client that connects and says nothing
+//! holds only its own socket.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::front::Front;
+use super::tcp::L4Proxy;
+use crate::metrics::Metrics;
+use crate::tls::ServerTls;
+
+/// How long a client has to complete its TLS handshake (a Docker client needs milliseconds).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What serves the connections of a listener.
+#[derive(Clone)]
+pub enum Service {
+    /// `--mode http`: the front. `tls` (client TLS) applies to TCP connections.
+    Http {
+        front: Arc<Front>,
+        tls: Option<Arc<ServerTls>>,
+        metrics: Arc<Metrics>,
+    },
+    /// `--mode tcp`: the byte relay.
+    Tcp(Arc<L4Proxy>),
+}
+
+impl Service {
+    async fn serve_tcp(self, tcp: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+        match self {
+            Service::Http {
+                front, tls: None, ..
+            } => {
+                let _ = tcp.set_nodelay(true);
+                front.serve(L4Stream::from(tcp), shutdown).await;
+            }
+            Service::Http {
+                front,
+                tls: Some(tls),
+                metrics,
+            } => {
+                let _ = tcp.set_nodelay(true);
+                let handshake = crate::tls::accept(tls.acceptor(), tcp);
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(conn)) => front.serve(conn, shutdown).await,
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake_failures.inc();
+                        info!(%peer, error = %e, "client TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.inc();
+                        info!(%peer, "client TLS handshake timed out");
+                    }
+                }
+            }
+            Service::Tcp(l4) => {
+                super::tcp::tune(&tcp);
+                l4.serve(tcp, &peer).await;
+            }
+        }
+    }
+
+    async fn serve_unix(self, unix: UnixStream, shutdown: ShutdownWatch) {
+        match self {
+            Service::Http { front, .. } => front.serve(L4Stream::from(unix), shutdown).await,
+            Service::Tcp(l4) => l4.serve(unix, &"unix socket").await,
+        }
+    }
+}
 
 /// Binds a TCP listener and logs `Listening on ADDR` with the bound address (port 0 = any).
 pub async fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -163,7 +231,7 @@ pub fn group_id(name: &str) -> Option<u32> {
 /// `connections`, so shutdown can wait for them.
 pub async fn serve_tcp(
     listener: TcpListener,
-    front: Arc<Front>,
+    service: Service,
     connections: TaskTracker,
     mut shutdown: ShutdownWatch,
 ) {
@@ -173,9 +241,10 @@ pub async fn serve_tcp(
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((tcp, _peer)) => {
-                let _ = tcp.set_nodelay(true);
-                spawn(&front, &connections, &shutdown, L4Stream::from(tcp));
+            Ok((tcp, peer)) => {
+                let service = service.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(service.serve_tcp(tcp, peer, shutdown));
             }
             Err(e) => accept_failed(e).await,
         }
@@ -185,7 +254,7 @@ pub async fn serve_tcp(
 /// [`serve_tcp`] for a unix listener. The socket file is removed when this returns.
 pub async fn serve_unix(
     socket: UnixSocket,
-    front: Arc<Front>,
+    service: Service,
     connections: TaskTracker,
     mut shutdown: ShutdownWatch,
 ) {
@@ -196,7 +265,11 @@ pub async fn serve_unix(
             _ = shutdown.changed() => break,
         };
         match accepted {
-            Ok((unix, _peer)) => spawn(&front, &connections, &shutdown, L4Stream::from(unix)),
+            Ok((unix, _peer)) => {
+                let service = service.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(service.serve_unix(unix, shutdown));
+            }
             Err(e) => accept_failed(e).await,
         }
     }
@@ -204,14 +277,6 @@ pub async fn serve_unix(
     // ECONNREFUSED), never a connection nobody serves.
     drop(listener);
     drop(file);
-}
-
-fn spawn(front: &Arc<Front>, connections: &TaskTracker, shutdown: &ShutdownWatch, io: L4Stream) {
-    let front = front.clone();
-    let shutdown = shutdown.clone();
-    connections.spawn(async move {
-        front.serve(io, shutdown).await;
-    });
 }
 
 async fn accept_failed(e: io::Error) {

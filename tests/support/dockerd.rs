@@ -11,6 +11,10 @@
 //! what it left under its dirs, removes the cgroups of killed containers and the dirs.
 //! Several run at once (distinct dirs, ports and daemon ids).
 //!
+//! [`Dockerd::start_tls`] runs it as a TLS-only manager: `--tlsverify` with a CA, a server
+//! certificate for 127.0.0.1 and its key (tests/support/certs.rs), so its TCP API takes
+//! only clients with a certificate from that CA; its unix socket stays plain.
+//!
 //! Also: [`run`], a command runner with a deadline that feeds stdin and collects output
 //! (a stuck docker CLI fails the test instead of hanging it), and [`docker`], a docker CLI
 //! command with its own `DOCKER_HOST` and `DOCKER_CONFIG`.
@@ -41,11 +45,24 @@ pub struct Dockerd {
     port: u16,
     /// Set by [`Dockerd::kill`]: only the sweep can clean up after it.
     killed: bool,
+    /// `--tlsverify` with these files (in its dir): CA, server certificate, key.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl Dockerd {
     /// Starts dockerd on a free port, waits until it answers, imports `bb:local`.
     pub fn start() -> Dockerd {
+        Self::start_with(None)
+    }
+
+    /// [`Dockerd::start`] with `--tlsverify`: the TCP API speaks TLS only, with the server
+    /// certificate `cert` (for 127.0.0.1) and its `key`, and requires client certificates
+    /// signed by `ca` (tests/support/certs.rs makes them).
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Dockerd {
+        Self::start_with(Some([ca, cert, key]))
+    }
+
+    fn start_with(tls_files: Option<[&Path; 3]>) -> Dockerd {
         for program in [DOCKERD, DEBIAN_DOCKER, "/usr/bin/containerd", BUSYBOX] {
             assert!(
                 Path::new(program).exists(),
@@ -63,6 +80,20 @@ impl Dockerd {
             .tempdir_in("/tmp")
             .expect("create a temp dir for dockerd");
         std::fs::write(dir.path().join("daemon.json"), "{}\n").expect("write daemon.json");
+        let tls = tls_files.map(|[ca, cert, key]| {
+            let tls_dir = dir.path().join("tls");
+            std::fs::create_dir_all(&tls_dir).expect("mkdir tls");
+            [
+                (ca, "ca.pem"),
+                (cert, "server.pem"),
+                (key, "server-key.pem"),
+            ]
+            .map(|(from, name)| {
+                let to = tls_dir.join(name);
+                std::fs::copy(from, &to).expect("copy a certificate file");
+                to
+            })
+        });
         for attempt in 0.. {
             let port = free_port();
             let mut dockerd = Dockerd {
@@ -70,6 +101,7 @@ impl Dockerd {
                 dir: Some(dir),
                 port,
                 killed: false,
+                tls: tls.clone(),
             };
             dockerd.child = Some(dockerd.launch());
             match dockerd.wait_ready() {
@@ -98,8 +130,17 @@ impl Dockerd {
             .expect("open the dockerd log");
         let socket = format!("unix://{}", self.socket().display());
         let tcp = format!("tcp://127.0.0.1:{}", self.port);
-        Command::new(DOCKERD)
-            .arg("--config-file")
+        let mut cmd = Command::new(DOCKERD);
+        if let Some([ca, cert, key]) = &self.tls {
+            cmd.arg("--tlsverify")
+                .arg("--tlscacert")
+                .arg(ca)
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
+        }
+        cmd.arg("--config-file")
             .arg(dir.join("daemon.json"))
             .args(["-H", &socket, "-H", &tcp])
             .arg("--data-root")
@@ -127,10 +168,11 @@ impl Dockerd {
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(response) = super::http::get(self.tcp_addr(), "/_ping") {
-                if response.status == 200 {
-                    return Ok(());
-                }
+            // The TCP API is up too once the unix socket answers (dockerd serves all its
+            // -H at once); its TLS, when on, is for the proxy to speak.
+            let tcp_listening = std::net::TcpStream::connect(self.tcp_addr()).is_ok();
+            if tcp_listening && ping_unix(&self.socket()) {
+                return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -287,7 +329,7 @@ impl Drop for Dockerd {
     }
 }
 
-fn signal_group(pid: u32, signal: libc::c_int) {
+pub fn signal_group(pid: u32, signal: libc::c_int) {
     // SAFETY: kill has no memory effects; a negative pid names the process group.
     unsafe {
         libc::kill(-(pid as libc::pid_t), signal);
@@ -297,7 +339,7 @@ fn signal_group(pid: u32, signal: libc::c_int) {
 /// Kills every process that belongs to the dockerd of `dir`: those whose command line names
 /// the dir (dockerd, containerd, the shims) and all their descendants (the containers).
 /// The cgroups the containers were in are removed once they are gone.
-fn sweep(dir: &Path) {
+pub fn sweep(dir: &Path) {
     let needle = format!("{}/", dir.display());
     for _ in 0..50 {
         let procs = processes();
@@ -395,7 +437,7 @@ fn remove_cgroup(path: &str) {
 
 /// Unmounts (lazily) every mount point under `dir`, deepest first: the data root dockerd
 /// bind-mounts onto itself, network namespaces of killed containers.
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let prefix = dir.display().to_string();
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut points: Vec<String> = text
@@ -419,6 +461,23 @@ fn unmount_under(dir: &Path) {
             );
         }
     }
+}
+
+/// `GET /_ping` on dockerd's unix socket answers 200.
+fn ping_unix(socket: &Path) -> bool {
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
 }
 
 fn free_port() -> u16 {

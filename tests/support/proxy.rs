@@ -79,6 +79,11 @@ impl Proxy {
         self.addr
     }
 
+    /// The proxy's process id (to send it SIGHUP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
