@@ -42,9 +42,10 @@ DISCOVERY, written the way `swarm manage` takes it:
   etcdv3://HOST:PORT[,HOST:PORT]/PREFIX   etcd, v3 API
   zk://HOST:PORT[,HOST:PORT]/PREFIX       ZooKeeper
   consul://HOST:PORT/PREFIX               Consul KV
-  swarm://HOST:PORT[,HOST:PORT]           Docker swarm mode managers (not supported yet)
-  static://HOST:PORT[,HOST:PORT]          probe each manager (not supported yet)
-The leader is read from PREFIX/LEADER-KEY.
+  swarm://HOST:PORT[,HOST:PORT]           Docker swarm mode managers' Docker API (GET /nodes)
+  static://HOST:PORT[,HOST:PORT]          classic Swarm managers, each probed (GET /info)
+The leader is read from PREFIX/LEADER-KEY in a store; swarm:// and static:// managers are
+asked every --probe-interval.
 
 Every option can also be set in the environment, as LEADER_PROXY_ + the long flag in upper
 snake case (LEADER_PROXY_HOLD_TIMEOUT=30s; DISCOVERY is LEADER_PROXY_DISCOVERY). The

@@ -48,19 +48,19 @@ pub use crate::discovery::Election;
 use crate::discovery::{DiscoveryUrl, Scheme, SourceConfig};
 
 /// What is parsed but not built yet: given (by flag, environment or file), each is refused
-/// with "… is not supported yet". Deleting an entry lets it through.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "--mode tcp",
-    "--probe-interval",
-    "--tlscert",
-    "--tlskey",
-    "--tlscacert",
-    "--tlsverify",
-    "--upstream-cert-path",
-];
+/// with "… is not supported yet". Deleting an entry lets it through. (Everything is built
+/// now; the mechanism stays for what comes next.)
+const NOT_YET_SUPPORTED: &[&str] = &[];
 
 /// The DISCOVERY schemes that have a backend.
-const SUPPORTED_SCHEMES: &[Scheme] = &[Scheme::Etcd, Scheme::EtcdV3, Scheme::Zk, Scheme::Consul];
+const SUPPORTED_SCHEMES: &[Scheme] = &[
+    Scheme::Etcd,
+    Scheme::EtcdV3,
+    Scheme::Zk,
+    Scheme::Consul,
+    Scheme::Swarm,
+    Scheme::Static,
+];
 
 /// The schemes `--election contenders` works with.
 const CONTENDER_SCHEMES: &[Scheme] = &[Scheme::EtcdV3, Scheme::Zk];
@@ -155,6 +155,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// TLS for clients (`--tlscert`, `--tlskey`, `--tlscacert`, `--tlsverify`), dockerd's model:
+/// on when a certificate and its key are given; `verify` (`--tlsverify`, which needs `ca`)
+/// requires every client to present a certificate signed by `ca`. Without `verify`, `ca` is
+/// not used (dockerd asks for no client certificate then either). The files are checked
+/// when the settings are resolved; [`crate::tls`] reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub verify: bool,
+}
+
 /// The fully resolved configuration.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -184,6 +197,10 @@ pub struct Settings {
     /// directives (`info,leader_proxy=debug`), checked to parse.
     pub log_level: String,
     pub log_format: LogFormat,
+    /// TLS for clients on TCP listeners (`--mode http` only).
+    pub tls: Option<ClientTls>,
+    /// `--upstream-cert-path`: TLS to the managers (`ca.pem`, `cert.pem`, `key.pem`).
+    pub upstream_cert_path: Option<PathBuf>,
 }
 
 impl Settings {
@@ -195,6 +212,7 @@ impl Settings {
             election: self.election,
             options: self.discovery_opts.clone(),
             connect_timeout: self.connect_timeout,
+            probe_interval: self.probe_interval,
         }
     }
 }
@@ -230,6 +248,8 @@ impl fmt::Debug for Settings {
             .field("insecure_bind", &self.insecure_bind)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
+            .field("tls", &self.tls)
+            .field("upstream_cert_path", &self.upstream_cert_path)
             .finish()
     }
 }
@@ -280,6 +300,9 @@ pub enum ConfigError {
     },
     #[error("invalid --config file {}: {message}", .path.display())]
     File { path: PathBuf, message: String },
+    /// TLS flags that do not go together (the message names them).
+    #[error("{0}")]
+    Tls(String),
     #[error("{var}: {message}")]
     Env { var: String, message: String },
 }
@@ -843,6 +866,13 @@ fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Setting
         LogFormat::Text,
     )?;
 
+    let tls = client_tls(
+        [cli.tlscert, cli.tlskey, cli.tlscacert],
+        cli.tlsverify.unwrap_or(false),
+        mode,
+    )?;
+    let upstream_cert_path = upstream_cert_path(cli.upstream_cert_path, mode, &discovery)?;
+
     let insecure_bind = cli.insecure_bind.unwrap_or(false);
     // With --tlsverify every client shows a certificate; in --mode tcp the proxy cannot see
     // TLS, so only --insecure-bind ("my managers enforce TLS") lets a listener out.
@@ -882,7 +912,112 @@ fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Setting
         insecure_bind,
         log_level,
         log_format,
+        tls,
+        upstream_cert_path,
     })
+}
+
+/// The client TLS flags (`[--tlscert, --tlskey, --tlscacert]`, `--tlsverify`), checked to go
+/// together and their files read.
+fn client_tls(
+    [cert, key, ca]: [Option<String>; 3],
+    verify: bool,
+    mode: Mode,
+) -> Result<Option<ClientTls>, ConfigError> {
+    let flag = |long: &str| format!("--{long} (also {} / {long})", env_name(long));
+    let path = |long: &str, value: Option<String>| match value {
+        Some(v) if v.trim().is_empty() => Err(invalid(long, &v, "expected a file path")),
+        v => Ok(v.map(|v| PathBuf::from(v.trim()))),
+    };
+    let (cert, key, ca) = (
+        path("tlscert", cert)?,
+        path("tlskey", key)?,
+        path("tlscacert", ca)?,
+    );
+    if mode == Mode::Tcp && (cert.is_some() || key.is_some() || ca.is_some() || verify) {
+        return Err(ConfigError::Tls(
+            "--tlscert, --tlskey, --tlscacert and --tlsverify are for --mode http: in --mode tcp \
+             the clients' TLS passes through to the managers, which check the certificates"
+                .to_string(),
+        ));
+    }
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => ClientTls {
+            cert,
+            key,
+            ca,
+            verify,
+        },
+        (None, None) if verify => {
+            return Err(ConfigError::Tls(format!(
+                "{} needs --tlscert, --tlskey and --tlscacert",
+                flag("tlsverify")
+            )))
+        }
+        (None, None) if ca.is_some() => {
+            return Err(ConfigError::Tls(format!(
+                "{} needs --tlscert and --tlskey (TLS is on when both are given) and \
+                 --tlsverify (to require client certificates signed by it)",
+                flag("tlscacert")
+            )))
+        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::Tls(format!(
+                "{} needs --tlskey, its private key",
+                flag("tlscert")
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Tls(format!(
+                "{} needs --tlscert, the certificate of that key",
+                flag("tlskey")
+            )))
+        }
+    };
+    if tls.verify && tls.ca.is_none() {
+        return Err(ConfigError::Tls(format!(
+            "{} needs --tlscacert: the CA that client certificates must be signed by",
+            flag("tlsverify")
+        )));
+    }
+    crate::tls::ServerTls::load(&tls).map_err(tls_file_error)?;
+    Ok(Some(tls))
+}
+
+/// `--upstream-cert-path`: a directory in the `DOCKER_CERT_PATH` layout, read and checked.
+fn upstream_cert_path(
+    value: Option<String>,
+    mode: Mode,
+    discovery: &DiscoveryUrl,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if value.trim().is_empty() {
+        return Err(invalid(
+            "upstream-cert-path",
+            &value,
+            "expected a directory holding ca.pem, cert.pem and key.pem",
+        ));
+    }
+    let probed = matches!(discovery.scheme(), Scheme::Swarm | Scheme::Static);
+    if mode == Mode::Tcp && !probed {
+        return Err(ConfigError::Tls(format!(
+            "--upstream-cert-path (also {} / upstream-cert-path) is not used in --mode tcp with \
+             {}://: the clients' TLS passes through to the managers (it is used by swarm:// \
+             and static:// probes, and by --mode http)",
+            env_name("upstream-cert-path"),
+            discovery.scheme().as_str()
+        )));
+    }
+    let dir = PathBuf::from(value.trim());
+    crate::tls::UpstreamTls::load(&dir).map_err(tls_file_error)?;
+    Ok(Some(dir))
+}
+
+fn tls_file_error(e: crate::tls::TlsError) -> ConfigError {
+    invalid(e.long, &e.path.display().to_string(), e.reason)
 }
 
 fn open_listener_message(addr: &ListenAddr, mode: Mode) -> String {
@@ -1072,6 +1207,7 @@ mod tests {
         assert_eq!(source.url, s.discovery);
         assert_eq!(source.leader_key, "docker/swarm/leader");
         assert_eq!(source.connect_timeout, Duration::from_secs(2));
+        assert_eq!(source.probe_interval, Duration::from_millis(500));
     }
 
     #[test]
@@ -1380,21 +1516,19 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_schemes() {
+    fn manager_schemes_take_the_probe_interval() {
         for scheme in ["swarm", "static"] {
-            let url = if matches!(scheme, "swarm" | "static") {
-                format!("{scheme}://127.0.0.1:2375")
-            } else {
-                format!("{scheme}://127.0.0.1:2181/swarm")
-            };
+            let url = format!("{scheme}://127.0.0.1:2375,127.0.0.2:2375");
+            let s = load(&["--probe-interval", "250ms", &url]).unwrap();
+            assert_eq!(s.discovery.hosts(), ["127.0.0.1:2375", "127.0.0.2:2375"]);
+            assert_eq!(s.source_config().probe_interval, Duration::from_millis(250));
             assert_eq!(
-                err(&[&url]),
-                format!(
-                    "the {scheme}:// discovery scheme is not supported yet (supported: {})",
-                    supported_schemes()
-                )
+                err(&["--probe-interval", "0s", &url]),
+                "invalid value \"0s\" for --probe-interval (also LEADER_PROXY_PROBE_INTERVAL / \
+                 probe-interval): must be more than 0"
             );
         }
+        assert!(supported_schemes().ends_with("swarm://, static://"));
     }
 
     #[test]
@@ -1426,42 +1560,178 @@ mod tests {
     }
 
     #[test]
-    fn not_yet_supported_from_every_source() {
-        let cases: &[(&str, &str)] = &[
-            ("probe-interval", "500ms"),
-            ("tlscert", "/cert.pem"),
-            ("tlskey", "/key.pem"),
-            ("tlscacert", "/ca.pem"),
-            ("upstream-cert-path", "/certs"),
-        ];
-        for (long, value) in cases {
-            let expected = format!(
-                "--{long} (also {} / {long}) is not supported yet",
-                env_name(long)
-            );
-            let flag = format!("--{long}={value}");
-            assert_eq!(err(&[&flag, URL]), expected);
-            assert_eq!(err_env(&[URL], &[(&env_name(long), value)]), expected);
-            let f = file(&format!("{long} = {value:?}\n"));
-            assert_eq!(err(&["--config", path(&f), URL]), expected);
-        }
-        let expected = "--tlsverify (also LEADER_PROXY_TLSVERIFY / tlsverify) is not supported yet";
-        assert_eq!(err(&["--tlsverify", URL]), expected);
-        assert_eq!(
-            err_env(&[URL], &[("LEADER_PROXY_TLSVERIFY", "1")]),
-            expected
+    fn client_tls_from_every_source_and_what_goes_together() {
+        use crate::tls::test_files::Files;
+        let f = Files::new();
+        let (cert, key, ca) = (
+            f.str("server.pem"),
+            f.str("server-key.pem"),
+            f.str("ca.pem"),
         );
-        let f = file("tlsverify = true\n");
-        assert_eq!(err(&["--config", path(&f), URL]), expected);
+        let s = load(&["--tlscert", &cert, "--tlskey", &key, URL]).unwrap();
+        assert_eq!(
+            s.tls,
+            Some(ClientTls {
+                cert: cert.clone().into(),
+                key: key.clone().into(),
+                ca: None,
+                verify: false
+            })
+        );
+        let s = load_env(
+            &[URL],
+            &[
+                ("LEADER_PROXY_TLSCERT", &cert),
+                ("LEADER_PROXY_TLSKEY", &key),
+                ("LEADER_PROXY_TLSCACERT", &ca),
+                ("LEADER_PROXY_TLSVERIFY", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.tls, Some(f.client(true)));
+        let toml = file(&format!(
+            "tlscert = {cert:?}\ntlskey = {key:?}\ntlscacert = {ca:?}\ntlsverify = true\n"
+        ));
+        let s = load(&["--config", path(&toml), URL]).unwrap();
+        assert_eq!(s.tls, Some(f.client(true)));
+        // --tlsverify lets a non-loopback listener out; TLS without it does not.
+        assert!(load_env(
+            &["--listen", "0.0.0.0:0", URL],
+            &[
+                ("LEADER_PROXY_TLSCERT", &cert),
+                ("LEADER_PROXY_TLSKEY", &key),
+                ("LEADER_PROXY_TLSCACERT", &ca),
+                ("LEADER_PROXY_TLSVERIFY", "true"),
+            ],
+        )
+        .is_ok());
+        let e = err(&[
+            "--listen",
+            "0.0.0.0:0",
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            URL,
+        ]);
+        assert!(e.starts_with("refusing --listen 0.0.0.0:0"), "{e}");
+        assert!(e.contains("--tlsverify"), "{e}");
 
         assert_eq!(
-            err(&["--mode", "tcp", URL]),
-            "--mode tcp is not supported yet"
+            err(&["--tlscert", &cert, URL]),
+            "--tlscert (also LEADER_PROXY_TLSCERT / tlscert) needs --tlskey, its private key"
         );
+        assert!(err(&["--tlskey", &key, URL]).starts_with("--tlskey (also"));
         assert_eq!(
-            err_env(&[URL], &[("LEADER_PROXY_MODE", "tcp")]),
-            "--mode tcp is not supported yet"
+            err(&["--tlscert", &cert, "--tlskey", &key, "--tlsverify", URL]),
+            "--tlsverify (also LEADER_PROXY_TLSVERIFY / tlsverify) needs --tlscacert: the CA \
+             that client certificates must be signed by"
         );
+        assert!(err(&["--tlsverify", URL]).contains("needs --tlscert, --tlskey and --tlscacert"));
+        assert!(err(&["--tlscacert", &ca, URL]).starts_with("--tlscacert (also"));
+        // --tlscacert without --tlsverify: accepted and not used, as dockerd does.
+        let s = load(&[
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--tlscacert",
+            &ca,
+            URL,
+        ])
+        .unwrap();
+        assert!(!s.tls.unwrap().verify);
+        let e = err(&["--mode", "tcp", "--tlscert", &cert, "--tlskey", &key, URL]);
+        assert!(e.contains("are for --mode http"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        use crate::tls::test_files::Files;
+        let f = Files::new();
+        let (cert, key) = (f.str("server.pem"), f.str("server-key.pem"));
+        let missing = f.str("missing.pem");
+        let e = err(&["--tlscert", &missing, "--tlskey", &key, URL]);
+        assert!(
+            e.starts_with(&format!(
+                "invalid value {missing:?} for --tlscert (also LEADER_PROXY_TLSCERT / tlscert): \
+                 cannot read it"
+            )),
+            "{e}"
+        );
+        let e = err(&["--tlscert", &cert, "--tlskey", &f.str("key.pem"), URL]);
+        assert!(
+            e.contains("for --tlskey") && e.contains("does not go with"),
+            "{e}"
+        );
+        let e = err(&[
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--tlsverify",
+            "--tlscacert",
+            &key,
+            URL,
+        ]);
+        assert!(
+            e.contains("for --tlscacert") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = err(&["--tlscert", &key, "--tlskey", &key, URL]);
+        assert!(
+            e.contains("for --tlscert") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+
+        let dir = f.dir.path().display().to_string();
+        let s = load(&["--upstream-cert-path", &dir, URL]).unwrap();
+        assert_eq!(s.upstream_cert_path, Some(f.dir.path().to_path_buf()));
+        let s = load_env(&[URL], &[("LEADER_PROXY_UPSTREAM_CERT_PATH", &dir)]).unwrap();
+        assert_eq!(s.upstream_cert_path, Some(f.dir.path().to_path_buf()));
+        let e = err(&["--upstream-cert-path", &missing, URL]);
+        assert!(
+            e.contains("for --upstream-cert-path") && e.contains("not a directory"),
+            "{e}"
+        );
+        // In --mode tcp only swarm:// and static:// probes use it.
+        let e = err(&["--mode", "tcp", "--upstream-cert-path", &dir, URL]);
+        assert!(e.contains("not used in --mode tcp with etcd://"), "{e}");
+        let s = load(&[
+            "--mode",
+            "tcp",
+            "--upstream-cert-path",
+            &dir,
+            "swarm://127.0.0.1:2376",
+        ])
+        .unwrap();
+        assert_eq!(s.mode, Mode::Tcp);
+        std::fs::write(f.path("ca.pem"), "not a certificate").unwrap();
+        let e = err(&["--upstream-cert-path", &dir, URL]);
+        assert!(
+            e.contains("ca.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mode_tcp() {
+        let s = load(&["--mode", "tcp", URL]).unwrap();
+        assert_eq!(s.mode, Mode::Tcp);
+        let s = load_env(&[URL], &[("LEADER_PROXY_MODE", "TCP")]).unwrap();
+        assert_eq!(s.mode, Mode::Tcp);
+        // The proxy cannot see TLS: a non-loopback listener needs --insecure-bind.
+        let e = err(&["--mode", "tcp", "--listen", "0.0.0.0:0", URL]);
+        assert!(e.contains("in --mode tcp the proxy cannot check"), "{e}");
+        assert!(load(&[
+            "--mode",
+            "tcp",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-bind",
+            URL
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -216,22 +216,41 @@ fn an_unknown_toml_key_exits_2_naming_it() {
 }
 
 #[test]
-fn a_scheme_not_built_yet_exits_2() {
-    let r = run(&["swarm://127.0.0.1:2375"]);
+fn a_manager_url_with_a_prefix_exits_2() {
+    let r = run(&["swarm://127.0.0.1:2375/swarm"]);
     refused(
         &r,
-        &["the swarm:// discovery scheme is not supported yet (supported: etcd://, etcdv3://"],
+        &[
+            "invalid DISCOVERY \"swarm://127.0.0.1:2375/swarm\"",
+            "swarm:// takes no prefix",
+        ],
     );
 }
 
 #[test]
-fn an_option_not_built_yet_exits_2() {
+fn a_tls_file_or_flag_that_cannot_work_exits_2_naming_the_flag() {
     refused(
-        &run(&["--mode", "tcp", URL]),
-        &["--mode tcp is not supported yet"],
+        &run(&[
+            "--tlscert",
+            "/nonexistent/cert.pem",
+            "--tlskey",
+            "/nonexistent/key.pem",
+            URL,
+        ]),
+        &[
+            "invalid value \"/nonexistent/cert.pem\" for --tlscert",
+            "cannot read it",
+        ],
     );
     refused(
-        &run_env(&[URL], &[("LEADER_PROXY_TLSCERT", "/cert.pem")]),
-        &["--tlscert", "is not supported yet"],
+        &run_env(
+            &[URL],
+            &[("LEADER_PROXY_UPSTREAM_CERT_PATH", "/nonexistent")],
+        ),
+        &["for --upstream-cert-path", "not a directory"],
+    );
+    refused(
+        &run(&["--tlsverify", URL]),
+        &["--tlsverify", "needs --tlscert, --tlskey and --tlscacert"],
     );
 }

@@ -43,6 +43,7 @@ fn config(url: &str, options: &[(&str, &str)]) -> SourceConfig {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         connect_timeout: Duration::from_secs(2),
+        probe_interval: Duration::from_millis(500),
     }
 }
 

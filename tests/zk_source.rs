@@ -38,6 +38,7 @@ fn config(url: &str, election: Election, options: &[(&str, &str)]) -> SourceConf
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
         connect_timeout: Duration::from_secs(2),
+        probe_interval: Duration::from_millis(500),
     }
 }
 

@@ -412,6 +412,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             connect_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_millis(500),
         }
     }
 

@@ -9,7 +9,10 @@ pub mod consul;
 pub mod etcd2;
 pub mod etcd3;
 mod follow;
+mod probe;
+pub mod static_probe;
 pub(crate) mod store_tls;
+pub mod swarm_mode;
 pub mod url;
 pub mod value;
 pub mod zookeeper;
@@ -58,6 +61,9 @@ pub struct SourceConfig {
     pub options: BTreeMap<String, String>,
     /// How long to wait when dialling the store.
     pub connect_timeout: Duration,
+    /// How often `swarm://` and `static://` ask the managers (`--probe-interval`); the stores
+    /// are watched, not polled, and ignore it.
+    pub probe_interval: Duration,
 }
 
 /// A store's election, followed.
@@ -86,9 +92,7 @@ pub fn source_for(config: SourceConfig) -> Result<Box<dyn LeaderSource>, SourceE
         Scheme::EtcdV3 => Ok(Box::new(etcd3::Etcd3Source::new(config)?)),
         Scheme::Consul => Ok(Box::new(consul::ConsulSource::new(config)?)),
         Scheme::Zk => Ok(Box::new(zookeeper::ZkSource::new(config)?)),
-        other => Err(SourceError::Unsupported(format!(
-            "the {}:// discovery scheme is not supported yet (supported: etcd://, etcdv3://, zk://, consul://)",
-            other.as_str()
-        ))),
+        Scheme::Swarm => Ok(Box::new(swarm_mode::SwarmSource::new(config)?)),
+        Scheme::Static => Ok(Box::new(static_probe::StaticSource::new(config)?)),
     }
 }

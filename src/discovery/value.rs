@@ -31,6 +31,10 @@ pub enum ValueError {
     Host(String),
     #[error("unexpected path, query or user info")]
     Extra,
+    /// A manager asked directly (`swarm://`, `static://`) gave an answer that names no leader
+    /// in the form Docker uses (not JSON, a missing field, two leaders): the text says what.
+    #[error("{0}")]
+    Answer(String),
 }
 
 impl LeaderAddr {

@@ -15,6 +15,8 @@
 //!   `POST /hijack` without those headers (200, "no upgrade requested"),
 //!   `/fault/drop-after-request`, `/fault/drop-after-first-byte` (any method), and every
 //!   other POST/PUT/PATCH/DELETE = a write (201 for POST, 200 otherwise, `{"Id": <request id>}`).
+//!   With `--discovery manual` also `POST /_sim/state` (what it says about the election) and
+//!   `GET /nodes` (swarm mode); see `sim_manager/manual.rs`.
 //! - appends to the shared log file, before answering: `<request id> <name> <role>` per
 //!   write, `<request id> <name> <role> <path>` per fault (request id from `X-Request-Id`,
 //!   `-` if absent). [`read_log`] parses it.
@@ -64,6 +66,8 @@ pub struct SimOptions {
     pub advertise: Option<String>,
     /// None: `docker/swarm/leader`.
     pub leader_key: Option<String>,
+    /// `--discovery manual`: where the hand-set state is kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 impl SimOptions {
@@ -78,6 +82,7 @@ impl SimOptions {
             listen: None,
             advertise: None,
             leader_key: None,
+            state_file: None,
         }
     }
 
@@ -88,6 +93,18 @@ impl SimOptions {
 
     pub fn ttl(mut self, secs: u64) -> Self {
         self.ttl_secs = secs;
+        self
+    }
+
+    /// Listens on `addr` (a restart keeps it anyway).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// `--discovery manual`: keeps the state a test sets in `path`, so a restart keeps it.
+    pub fn state_file(mut self, path: &Path) -> Self {
+        self.state_file = Some(path.to_path_buf());
         self
     }
 }
@@ -230,6 +247,9 @@ fn spawn(
     }
     if let Some(k) = &opts.leader_key {
         cmd.args(["--leader-key", k]);
+    }
+    if let Some(path) = &opts.state_file {
+        cmd.arg("--state").arg(path);
     }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");

@@ -25,6 +25,11 @@
 //!     `_c_…-lock-` children, the lowest writes its address as the node's data) or
 //!     sequential contender nodes (`--election contenders`); see `zk.rs`.
 //!
+//!   - `manual`: no election at all; a test sets what the manager says about it (its role,
+//!     the primary it names, its `GET /info` and `GET /nodes` answers) with
+//!     `POST /_sim/state`, for the sources that ask managers instead of a store (`static://`,
+//!     `swarm://`); see `manual.rs`.
+//!
 //!   SIGTERM/SIGINT resigns cleanly (v2: delete the key with `prevValue` = our address; v3:
 //!   resign and revoke the lease; Consul: release the key and destroy the session) and
 //!   exits 0. SIGKILL leaves the key until the TTL expires (Consul: the session's).
@@ -65,11 +70,13 @@ use tracing::{debug, info, warn};
 mod consul;
 mod etcd2;
 mod etcd3;
+mod manual;
 mod zk;
 
 use consul::*;
 use etcd2::*;
 use etcd3::*;
+use manual::*;
 use zk::*;
 
 /// Simulated classic Swarm manager (test tool of leader-proxy).
@@ -88,9 +95,14 @@ struct Args {
     advertise: Option<String>,
     /// Store URL as `swarm manage` takes it: `etcd://h:p[,h:p]/prefix` (v2 API),
     /// `etcdv3://h:p[,h:p]/prefix`, `zk://h:p[,h:p]/prefix` or `consul://h:p/prefix`; or `none`: no election, always primary (a test writes
-    /// this manager's address into the store itself).
+    /// this manager's address into the store itself); or `manual`: no election, the test
+    /// sets what the manager says (`POST /_sim/state`, see `manual.rs`).
     #[arg(long)]
     discovery: String,
+    /// `--discovery manual`: the file the hand-set state is kept in, so that a restarted
+    /// manager answers as before.
+    #[arg(long)]
+    state: Option<PathBuf>,
     /// Leader key under the URL's prefix.
     #[arg(long, default_value = "docker/swarm/leader")]
     leader_key: String,
@@ -147,6 +159,10 @@ struct State {
     primary: RwLock<String>,
     log: Option<PathBuf>,
     held: Mutex<Held>,
+    /// `--discovery manual`: what the test set, and where it is saved.
+    is_manual: bool,
+    manual: RwLock<Manual>,
+    state_file: Option<PathBuf>,
 }
 
 fn unix_ms() -> u64 {
@@ -210,6 +226,18 @@ impl State {
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn manual(&self) -> Result<std::sync::RwLockReadGuard<'_, Manual>> {
+        self.manual
+            .read()
+            .map_err(|_| anyhow!("manual state poisoned"))
+    }
+
+    fn manual_mut(&self) -> Result<std::sync::RwLockWriteGuard<'_, Manual>> {
+        self.manual
+            .write()
+            .map_err(|_| anyhow!("manual state poisoned"))
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -224,6 +252,8 @@ enum StoreKind {
     Zk,
     /// `--discovery none`: no election; always primary (tests drive the store by hand).
     None,
+    /// `--discovery manual`: no election; the test sets the role and the answers.
+    Manual,
 }
 
 #[derive(Debug, Clone)]
@@ -235,9 +265,13 @@ struct Discovery {
 }
 
 fn parse_discovery(url: &str, leader_key: &str) -> Result<Discovery> {
-    if url == "none" {
+    if url == "none" || url == "manual" {
         return Ok(Discovery {
-            kind: StoreKind::None,
+            kind: if url == "none" {
+                StoreKind::None
+            } else {
+                StoreKind::Manual
+            },
             endpoints: Vec::new(),
             key: String::new(),
         });
@@ -279,7 +313,7 @@ fn parse_discovery(url: &str, leader_key: &str) -> Result<Discovery> {
     let key = match kind {
         StoreKind::V2 | StoreKind::Zk => format!("/{joined}"),
         StoreKind::V3 | StoreKind::Consul => joined,
-        StoreKind::None => String::new(),
+        StoreKind::None | StoreKind::Manual => String::new(),
     };
     Ok(Discovery {
         kind,
@@ -669,6 +703,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Unknown",
     }
 }
@@ -788,6 +823,9 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
     if path.starts_with("/fault/") {
         return fault(conn, st, head).await;
     }
+    if st.is_manual && method == "POST" && path == "/_sim/state" {
+        return manual_set(conn, st, &head).await;
+    }
     if let Some(proto) = head.wants_upgrade() {
         return hijack(conn, st, head, &proto).await;
     }
@@ -812,6 +850,24 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
             });
             send_json(conn, st, &head, 200, v).await
         }
+        ("GET", "/info") if st.is_manual && manual_info(st).is_some() => {
+            let raw = manual_info(st).unwrap_or_default();
+            send_body(conn, st, &head, 200, "application/json", raw.as_bytes()).await
+        }
+        // Any method: `POST /nodes/ID/update` answers what `GET /nodes` does (a 503 while
+        // the swarm has no leader).
+        (_, p) if st.is_manual && (p == "/nodes" || p.starts_with("/nodes/")) => {
+            let canned = manual_nodes(st);
+            send_body(
+                conn,
+                st,
+                &head,
+                canned.status,
+                "application/json",
+                canned.body.as_bytes(),
+            )
+            .await
+        }
         ("GET", "/info") => {
             let v = json!({
                 "Name": st.name,
@@ -825,6 +881,7 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
                     ["Strategy", "spread"],
                     ["Nodes", "0"],
                 ],
+                "Swarm": {"NodeID": st.name, "LocalNodeState": "inactive"},
                 "advertise": st.advertise,
                 "primary": st.primary(),
             });
@@ -1046,6 +1103,9 @@ async fn run(args: Args) -> Result<()> {
         primary: RwLock::new(String::new()),
         log: args.log.clone(),
         held: Mutex::new(Held::default()),
+        is_manual: matches!(disc.kind, StoreKind::Manual),
+        manual: RwLock::new(manual_load(args.state.as_ref())),
+        state_file: args.state.clone(),
     });
     info!(name = %st.name, listen = %local, advertise = %st.advertise, key = %disc.key,
           election = ?args.election, ttl = args.ttl, "sim-manager started");
@@ -1077,6 +1137,10 @@ async fn run(args: Args) -> Result<()> {
             // No election: the test names this manager in the store by hand.
             st.set_primary(Some(st.advertise.clone()));
             st.set_role(true);
+        }
+        StoreKind::Manual => {
+            let manual = st.manual()?.clone();
+            manual_apply(&st, &manual);
         }
         StoreKind::V2 => {
             let v2 = Arc::new(V2::new(&disc, args.ttl)?);
