@@ -204,7 +204,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// What the discovery backend needs.
+    /// What the discovery backend needs, but for `upstream_tls`: the files of
+    /// `upstream_cert_path` are loaded once by whoever runs the proxy, which gives the same
+    /// [`crate::tls::UpstreamTls`] to the proxy and to the probes (see `src/main.rs`).
     pub fn source_config(&self) -> SourceConfig {
         SourceConfig {
             url: self.discovery.clone(),
@@ -213,6 +215,7 @@ impl Settings {
             options: self.discovery_opts.clone(),
             connect_timeout: self.connect_timeout,
             probe_interval: self.probe_interval,
+            upstream_tls: None,
         }
     }
 }
@@ -1803,15 +1806,17 @@ mod tests {
     /// the file format knows.
     #[test]
     fn example_configs_parse() {
-        for name in ["etcd.toml", "etcdv3.toml", "zk.toml", "consul.toml"] {
+        let examples = [
+            ("etcd.toml", Scheme::Etcd),
+            ("etcdv3.toml", Scheme::EtcdV3),
+            ("zk.toml", Scheme::Zk),
+            ("consul.toml", Scheme::Consul),
+            ("swarm.toml", Scheme::Swarm),
+            ("static.toml", Scheme::Static),
+        ];
+        for (name, scheme) in examples {
             let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/").to_string() + name;
             let s = load(&["--config", &file]).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let scheme = match name {
-                "etcd.toml" => Scheme::Etcd,
-                "etcdv3.toml" => Scheme::EtcdV3,
-                "zk.toml" => Scheme::Zk,
-                _ => Scheme::Consul,
-            };
             assert_eq!(s.discovery.scheme(), scheme, "{name}");
             let text = std::fs::read_to_string(&file).unwrap();
             let mut disabled = 0;

@@ -48,7 +48,9 @@ fn main() -> ExitCode {
     // setting like any other: it names the option and exits 2 before anything listens.
     let source = {
         let _runtime = runtime.enter();
-        match source_for(settings.source_config()) {
+        let mut config = settings.source_config();
+        config.upstream_tls = upstream_tls.clone();
+        match source_for(config) {
             Ok(source) => source,
             Err(e) => {
                 eprintln!("leader-proxy: {e}");

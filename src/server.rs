@@ -31,6 +31,9 @@ use crate::tls::{ServerTls, UpstreamTls, UPSTREAM_CA};
 pub type ReloadHook = Box<dyn Fn() + Send + Sync>;
 
 /// Runs the proxy described by `settings`, following `source`, until it is told to stop.
+/// The `--upstream-cert-path` files are loaded here for the proxy alone: a `swarm://` or
+/// `static://` source probes with the TLS it was built with (`SourceConfig::upstream_tls`),
+/// so to share one reloadable instance with it, load it first and call [`run_with`].
 pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::Result<()> {
     let upstream_tls = match &settings.upstream_cert_path {
         Some(dir) => Some(Arc::new(UpstreamTls::load(dir)?)),

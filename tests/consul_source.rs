@@ -44,6 +44,7 @@ fn config(url: &str, options: &[(&str, &str)]) -> SourceConfig {
             .collect::<BTreeMap<_, _>>(),
         connect_timeout: Duration::from_secs(2),
         probe_interval: Duration::from_millis(500),
+        upstream_tls: None,
     }
 }
 

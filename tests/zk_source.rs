@@ -39,6 +39,7 @@ fn config(url: &str, election: Election, options: &[(&str, &str)]) -> SourceConf
             .collect::<BTreeMap<_, _>>(),
         connect_timeout: Duration::from_secs(2),
         probe_interval: Duration::from_millis(500),
+        upstream_tls: None,
     }
 }
 

@@ -49,6 +49,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
+use super::http_store::HttpStore;
 use super::store_tls::{StoreTls, CA_FILE, CERT_FILE, KEY_FILE};
 use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
 
@@ -116,35 +117,20 @@ impl ConsulSource {
                 "the Consul key is empty: give a prefix in DISCOVERY or a --leader-key".into(),
             ));
         }
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut keys = Vec::new();
-        for host in config.url.hosts() {
-            let mut url = reqwest::Url::parse(&format!("{scheme}://{host}/v1/kv"))
-                .map_err(|e| SourceError::Unsupported(format!("Consul agent {host}: {e}")))?;
-            url.path_segments_mut()
-                .map_err(|()| SourceError::Unsupported(format!("Consul agent {host}")))?
-                .extend(key.split('/'));
-            keys.push(url);
-        }
-        let builder = match &tls {
-            Some(tls) => tls.reqwest_builder(),
-            None => reqwest::Client::builder(),
-        };
-        // The keepalive settings notice an agent host that disappeared mid-query within
-        // about a minute; a clean shutdown is noticed at once anyway.
-        let client = builder
-            .connect_timeout(config.connect_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_keepalive_interval(Duration::from_secs(10))
-            .tcp_keepalive_retries(3)
-            .build()
-            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        let store = HttpStore::new(
+            config.url.hosts(),
+            "v1/kv",
+            &key,
+            tls.as_ref(),
+            config.connect_timeout,
+            "Consul agent",
+        )?;
         Ok(Self {
-            keys,
+            keys: store.urls,
             hosts: config.url.hosts().to_vec(),
             key,
             token,
-            client,
+            client: store.client,
             reply_timeout: config.connect_timeout + REPLY_TIMEOUT,
         })
     }
@@ -413,6 +399,7 @@ mod tests {
                 .collect(),
             connect_timeout: Duration::from_secs(2),
             probe_interval: Duration::from_millis(500),
+            upstream_tls: None,
         }
     }
 

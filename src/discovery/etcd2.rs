@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
+use super::http_store::HttpStore;
 use super::store_tls::{hint_client_certificate, StoreTls};
 use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
 
@@ -54,35 +55,20 @@ impl Etcd2Source {
             ));
         }
         let (credentials, tls) = security(&config.options, "etcd://")?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
         let path = config.url.path(&config.leader_key);
-        let mut keys = Vec::new();
-        for host in config.url.hosts() {
-            let mut url = reqwest::Url::parse(&format!("{scheme}://{host}/v2/keys"))
-                .map_err(|e| SourceError::Unsupported(format!("etcd endpoint {host}: {e}")))?;
-            url.path_segments_mut()
-                .map_err(|()| SourceError::Unsupported(format!("etcd endpoint {host}")))?
-                .extend(path.split('/').filter(|s| !s.is_empty()));
-            keys.push(url);
-        }
-        // The keepalive settings notice a store host that disappeared mid-watch within about a
-        // minute even between two watch windows; a clean shutdown is noticed at once anyway.
-        let builder = match &tls {
-            Some(tls) => tls.reqwest_builder(),
-            None => reqwest::Client::builder(),
-        };
-        let client = builder
-            .connect_timeout(config.connect_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_keepalive_interval(Duration::from_secs(10))
-            .tcp_keepalive_retries(3)
-            .build()
-            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        let store = HttpStore::new(
+            config.url.hosts(),
+            "v2/keys",
+            &path,
+            tls.as_ref(),
+            config.connect_timeout,
+            "etcd endpoint",
+        )?;
         Ok(Self {
-            keys,
+            keys: store.urls,
             hosts: config.url.hosts().to_vec(),
             credentials,
-            client,
+            client: store.client,
             reply_timeout: config.connect_timeout + REPLY_TIMEOUT,
             tls_without_client_cert: tls.is_some_and(|t| !t.has_client_certificate()),
         })

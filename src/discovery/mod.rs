@@ -9,6 +9,7 @@ pub mod consul;
 pub mod etcd2;
 pub mod etcd3;
 mod follow;
+mod http_store;
 mod probe;
 pub mod static_probe;
 pub(crate) mod store_tls;
@@ -18,10 +19,13 @@ pub mod value;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+
+use crate::tls::UpstreamTls;
 
 pub use self::url::{DiscoveryUrl, Scheme};
 pub use self::value::{LeaderAddr, ValueError};
@@ -64,6 +68,10 @@ pub struct SourceConfig {
     /// How often `swarm://` and `static://` ask the managers (`--probe-interval`); the stores
     /// are watched, not polled, and ignore it.
     pub probe_interval: Duration,
+    /// `--upstream-cert-path`: TLS for the `swarm://` and `static://` probes. The same
+    /// instance the proxy uses for the managers, so one SIGHUP reloads it for both; `None`
+    /// is plain HTTP. The stores ignore it (their TLS is `kv.cacertfile`, …).
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
 }
 
 /// A store's election, followed.

@@ -52,8 +52,8 @@ impl StaticSource {
         refuse_options("static", &config.options)?;
         Ok(Self {
             poller: StaticPoller {
-                managers: managers(&config.url)?,
-                prober: Prober::new(config.connect_timeout)?,
+                managers: managers(&config.url, config.upstream_tls.is_some())?,
+                prober: Prober::new(config.connect_timeout, config.upstream_tls)?,
                 current: None,
                 disagreement: None,
             },
@@ -258,8 +258,8 @@ mod tests {
     fn poller(url: &str) -> StaticPoller {
         let url = super::super::DiscoveryUrl::parse(url).unwrap();
         StaticPoller {
-            managers: managers(&url).unwrap(),
-            prober: Prober::new(std::time::Duration::from_secs(1)).unwrap(),
+            managers: managers(&url, false).unwrap(),
+            prober: Prober::new(std::time::Duration::from_secs(1), None).unwrap(),
             current: None,
             disagreement: None,
         }

@@ -59,8 +59,8 @@ impl SwarmSource {
         refuse_options("swarm", &config.options)?;
         Ok(Self {
             poller: SwarmPoller {
-                managers: managers(&config.url)?,
-                prober: Prober::new(config.connect_timeout)?,
+                managers: managers(&config.url, config.upstream_tls.is_some())?,
+                prober: Prober::new(config.connect_timeout, config.upstream_tls)?,
                 preferred: 0,
             },
             interval: config.probe_interval,
@@ -277,8 +277,8 @@ mod tests {
     fn api_port_from_the_entry_with_the_leaders_host() {
         let url = super::super::DiscoveryUrl::parse("swarm://10.0.0.1:2375,10.0.0.2:2376").unwrap();
         let poller = SwarmPoller {
-            managers: managers(&url).unwrap(),
-            prober: Prober::new(std::time::Duration::from_secs(1)).unwrap(),
+            managers: managers(&url, false).unwrap(),
+            prober: Prober::new(std::time::Duration::from_secs(1), None).unwrap(),
             preferred: 0,
         };
         let raft = |h: &str| LeaderAddr::new(h, 2377);

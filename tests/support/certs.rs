@@ -86,6 +86,22 @@ impl Certs {
         )
     }
 
+    /// Another server certificate from this CA, for `names` (IP addresses become IP SANs,
+    /// as for the default one), like the default one otherwise: assign it to `server_cert`
+    /// and `server_key` for servers on other addresses. Returns the certificate and key
+    /// paths.
+    pub fn server(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        self.leaf(
+            file,
+            names.first().copied().unwrap_or("server"),
+            names,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
     /// A directory in the `DOCKER_CERT_PATH` layout (`ca.pem`, `cert.pem`, `key.pem`) with
     /// the client certificate.
     pub fn docker_cert_path(&self) -> PathBuf {

@@ -1,0 +1,52 @@
+//! What the stores spoken over plain HTTP (etcd's v2 API, Consul) share: one key URL per
+//! endpoint of the DISCOVERY URL, and one reqwest client set up for long watches.
+
+use std::time::Duration;
+
+use super::store_tls::StoreTls;
+use super::SourceError;
+
+/// The key's URL on every endpoint, and the client to ask them with.
+pub(super) struct HttpStore {
+    pub urls: Vec<reqwest::Url>,
+    pub client: reqwest::Client,
+}
+
+impl HttpStore {
+    /// `{scheme}://{host}/{api}/{key}` for each host (`https` with TLS), the key's segments
+    /// escaped one by one. `store` names the store in errors ("etcd endpoint", "Consul agent").
+    pub fn new(
+        hosts: &[String],
+        api: &str,
+        key: &str,
+        tls: Option<&StoreTls>,
+        connect_timeout: Duration,
+        store: &str,
+    ) -> Result<Self, SourceError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut urls = Vec::new();
+        for host in hosts {
+            let mut url = reqwest::Url::parse(&format!("{scheme}://{host}/{api}"))
+                .map_err(|e| SourceError::Unsupported(format!("{store} {host}: {e}")))?;
+            url.path_segments_mut()
+                .map_err(|()| SourceError::Unsupported(format!("{store} {host}")))?
+                .extend(key.split('/').filter(|s| !s.is_empty()));
+            urls.push(url);
+        }
+        let builder = match tls {
+            Some(tls) => tls.reqwest_builder(),
+            None => reqwest::Client::builder(),
+        };
+        // A watch may be silent for minutes: the keepalive settings notice a store host that
+        // disappeared mid-watch (power loss, partition) within about a minute; a clean
+        // shutdown is noticed at once anyway.
+        let client = builder
+            .connect_timeout(connect_timeout)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive_interval(Duration::from_secs(10))
+            .tcp_keepalive_retries(3)
+            .build()
+            .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Self { urls, client })
+    }
+}
