@@ -10,17 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::conformance::standalone;
 use support::etcd::Etcd;
+use support::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
 use support::http;
-use support::proxy::Proxy;
-
-const KEY: &str = "/p/docker/swarm/leader";
-
-fn proxy_for(etcd: &Etcd, extra: &[&str]) -> Proxy {
-    let url = format!("etcd://{}/p", etcd.endpoint());
-    let mut args = extra.to_vec();
-    args.push(&url);
-    Proxy::start(&args)
-}
 
 fn status(url: &str) -> u16 {
     let rest = url.strip_prefix("http://").unwrap();
@@ -61,12 +52,7 @@ fn readyz_follows_the_election_and_the_hold_timeout() {
 
 #[test]
 fn requests_are_counted_by_status_and_logged_once_each() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let manager = standalone("m1", dir.path());
-    etcd.put_v2(KEY, &manager.advertise(), None);
-    let proxy = proxy_for(&etcd, &[]);
-    proxy.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "leader");
+    let (_etcd, _dir, manager, proxy) = proxy_with_leader(&[]);
 
     for _ in 0..3 {
         assert_eq!(http::get(proxy.addr(), "/v1.41/info").unwrap().status, 200);
@@ -106,12 +92,7 @@ fn requests_are_counted_by_status_and_logged_once_each() {
 
 #[test]
 fn sigterm_lets_running_requests_finish_and_refuses_new_ones() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let manager = standalone("m1", dir.path());
-    etcd.put_v2(KEY, &manager.advertise(), None);
-    let mut proxy = proxy_for(&etcd, &["--shutdown-grace", "20s"]);
-    proxy.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "leader");
+    let (_etcd, _dir, _manager, mut proxy) = proxy_with_leader(&["--shutdown-grace", "20s"]);
 
     // A stream that takes about 1.5 s is running when SIGTERM arrives.
     let mut running = TcpStream::connect(proxy.addr()).unwrap();

@@ -5,47 +5,23 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use leader_proxy::discovery::{
-    source_for, DiscoveryUrl, Election, LeaderAddr, LeaderEvent, SourceConfig, SourceError,
-};
+use leader_proxy::discovery::{source_for, Election, LeaderEvent, SourceError};
 use support::certs::Certs;
 use support::conformance::standalone;
 use support::consul_double::{ConsulDouble, DoubleOptions, DoubleTls, SessionSpec, LOCK_FLAGS};
 use support::http;
 use support::proxy::Proxy;
 use support::sim::{wait_for_single_primary, SimManager, SimOptions};
-use tokio::sync::mpsc;
+use support::source_events::{addr, config, key_config, wait_until, Follower, WAIT};
 
-/// An upper bound for anything the tests wait for; a healthy run is far below it.
-const WAIT: Duration = Duration::from_secs(20);
 /// The key under `consul://…/swarm`, as classic Swarm locks it.
 const KEY: &str = "swarm/docker/swarm/leader";
 const TOKEN: &str = "s3cret-consul-token-4d1f";
 
-fn addr(s: &str) -> LeaderEvent {
-    LeaderEvent::Leader(LeaderAddr::parse(s).expect("a valid address"))
-}
-
 fn url(double: &ConsulDouble) -> String {
     format!("consul://{}/swarm", double.endpoint())
-}
-
-fn config(url: &str, options: &[(&str, &str)]) -> SourceConfig {
-    SourceConfig {
-        url: DiscoveryUrl::parse(url).expect("a valid discovery URL"),
-        leader_key: "docker/swarm/leader".into(),
-        election: Election::Key,
-        options: options
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        connect_timeout: Duration::from_secs(2),
-        probe_interval: Duration::from_millis(500),
-        upstream_tls: None,
-    }
 }
 
 /// A holder that lives until destroyed acquires the key with `value`; returns its session.
@@ -55,103 +31,12 @@ fn elect(double: &ConsulDouble, value: &str) -> String {
     session
 }
 
-/// A source running on its own runtime, and the router's end of its channel.
-struct Follower {
-    rt: tokio::runtime::Runtime,
-    rx: mpsc::Receiver<LeaderEvent>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Follower {
-    fn start(config: SourceConfig) -> Follower {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let (tx, rx) = mpsc::channel(64);
-        let source = source_for(config).expect("a source");
-        let task = rt.spawn(async move { source.run(tx).await });
-        Follower { rt, rx, task }
-    }
-
-    fn next_within(&mut self, wait: Duration, what: &str) -> LeaderEvent {
-        let rx = &mut self.rx;
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-        {
-            Ok(Some(event)) => event,
-            Ok(None) => panic!("the source stopped while waiting for {what}"),
-            Err(_) => panic!("no event within {wait:?} while waiting for {what}"),
-        }
-    }
-
-    fn expect(&mut self, want: LeaderEvent) {
-        let got = self.next_within(WAIT, &format!("{want:?}"));
-        assert_eq!(got, want);
-    }
-
-    /// Reads events until `want` comes (a quick series of writes may be seen in part).
-    fn expect_eventually(&mut self, want: LeaderEvent, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let got = self.next_within(left, &format!("{want:?}"));
-            if got == want {
-                return;
-            }
-            assert!(
-                matches!(got, LeaderEvent::Leader(_) | LeaderEvent::NoLeader),
-                "unexpected {got:?} while waiting for {want:?}"
-            );
-        }
-    }
-
-    fn expect_degraded(&mut self) -> String {
-        match self.next_within(WAIT, "Degraded") {
-            LeaderEvent::Degraded(reason) => reason,
-            other => panic!("expected Degraded, got {other:?}"),
-        }
-    }
-
-    fn assert_quiet(&mut self) {
-        if let Ok(event) = self.rx.try_recv() {
-            panic!("unexpected event {event:?}");
-        }
-    }
-
-    /// Drops the router's end and waits for the source to end.
-    fn hang_up(self) {
-        let Follower { rt, rx, task } = self;
-        drop(rx);
-        let ended = rt.block_on(async { tokio::time::timeout(WAIT, task).await });
-        assert!(
-            ended.is_ok(),
-            "the source still runs after its receiver went away"
-        );
-    }
-}
-
-/// Polls `check` until it holds, for at most [`WAIT`].
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 // ---------------------------------------------------------------- blocking queries
 
 #[test]
 fn a_missing_key_is_waited_on_by_blocking_queries_until_it_is_locked() {
     let double = ConsulDouble::start();
-    let mut f = Follower::start(config(&url(&double), &[]));
+    let mut f = Follower::start(key_config(&url(&double), &[]));
     f.expect(LeaderEvent::NoLeader);
     // The 404 carried an index: the source now waits on it instead of polling.
     wait_until("a blocked query", || double.blocked_queries() == 1);
@@ -191,7 +76,7 @@ fn a_value_without_a_session_is_no_leader_from_the_start() {
         double.get(KEY).map(|e| (e.value_text(), e.session)),
         Some(("127.0.0.1:2001".to_string(), None))
     );
-    let mut f = Follower::start(config(&url(&double), &[]));
+    let mut f = Follower::start(key_config(&url(&double), &[]));
     f.expect(LeaderEvent::NoLeader);
 
     // Somebody wins the election.
@@ -227,7 +112,7 @@ fn a_session_that_is_not_renewed_ends_the_reign_live() {
     let double = ConsulDouble::start();
     let holder = double.session_create(&SessionSpec::expiring(Duration::from_secs(1)));
     assert!(double.acquire(KEY, "127.0.0.1:2001", &holder));
-    let mut f = Follower::start(config(&url(&double), &[]));
+    let mut f = Follower::start(key_config(&url(&double), &[]));
     f.expect(addr("127.0.0.1:2001"));
     // Nobody renews it: Consul invalidates it (twice its TTL later) and releases the key.
     let started = Instant::now();
@@ -248,7 +133,7 @@ fn a_session_that_is_not_renewed_ends_the_reign_live() {
 fn an_index_that_goes_backwards_starts_the_blocking_loop_over() {
     let double = ConsulDouble::start();
     let holder = elect(&double, "127.0.0.1:2001");
-    let mut f = Follower::start(config(&url(&double), &[]));
+    let mut f = Follower::start(key_config(&url(&double), &[]));
     f.expect(addr("127.0.0.1:2001"));
     let snapshot = double.snapshot();
     let before = double.get(KEY).expect("the key").modify_index;
@@ -285,7 +170,7 @@ fn an_index_that_goes_backwards_starts_the_blocking_loop_over() {
 fn an_agent_outage_is_degraded_and_the_leader_is_announced_again_after_it() {
     let mut double = ConsulDouble::start();
     let holder = elect(&double, "127.0.0.1:2001");
-    let mut f = Follower::start(config(&url(&double), &[("kv.token", TOKEN)]));
+    let mut f = Follower::start(key_config(&url(&double), &[("kv.token", TOKEN)]));
     f.expect(addr("127.0.0.1:2001"));
 
     double.stop();
@@ -324,7 +209,7 @@ fn tls_with_client_certificates() {
     let certs = Certs::new("consul-test-ca");
     let double = tls_double(&certs, true);
     let holder = elect(&double, "127.0.0.1:2001");
-    let mut f = Follower::start(config(
+    let mut f = Follower::start(key_config(
         &url(&double),
         &[
             ("kv.cacertfile", path(&certs.ca)),
@@ -340,14 +225,17 @@ fn tls_with_client_certificates() {
 
     // Without a client certificate the agent refuses the handshake.
     let refused = double.tls_refused();
-    let mut no_cert = Follower::start(config(&url(&double), &[("kv.cacertfile", path(&certs.ca))]));
+    let mut no_cert = Follower::start(key_config(
+        &url(&double),
+        &[("kv.cacertfile", path(&certs.ca))],
+    ));
     no_cert.expect_degraded();
     wait_until("the double to refuse the handshake", || {
         double.tls_refused() > refused
     });
 
     // Clear text to an https agent fails too.
-    let mut plain = Follower::start(config(&url(&double), &[]));
+    let mut plain = Follower::start(key_config(&url(&double), &[]));
     plain.expect_degraded();
 }
 
@@ -357,10 +245,16 @@ fn tls_refuses_an_agent_signed_by_another_ca() {
     let other = Certs::new("someone-elses-ca");
     let double = tls_double(&certs, false);
     elect(&double, "127.0.0.1:2001");
-    let mut trusted = Follower::start(config(&url(&double), &[("kv.cacertfile", path(&certs.ca))]));
+    let mut trusted = Follower::start(key_config(
+        &url(&double),
+        &[("kv.cacertfile", path(&certs.ca))],
+    ));
     trusted.expect(addr("127.0.0.1:2001"));
 
-    let mut f = Follower::start(config(&url(&double), &[("kv.cacertfile", path(&other.ca))]));
+    let mut f = Follower::start(key_config(
+        &url(&double),
+        &[("kv.cacertfile", path(&other.ca))],
+    ));
     let reason = f.expect_degraded();
     assert!(reason.to_lowercase().contains("certificate"), "{reason}");
 }
@@ -379,18 +273,18 @@ fn the_acl_token_is_sent_as_a_header_and_never_shown() {
     let double = acl_double();
     elect(&double, "127.0.0.1:2001");
 
-    let mut none = Follower::start(config(&url(&double), &[]));
+    let mut none = Follower::start(key_config(&url(&double), &[]));
     let reason = none.expect_degraded();
     assert!(reason.contains("ACL"), "{reason}");
     assert!(reason.contains("kv.token"), "{reason}");
 
     let wrong = "wrong-token-9b3e";
-    let mut refused = Follower::start(config(&url(&double), &[("kv.token", wrong)]));
+    let mut refused = Follower::start(key_config(&url(&double), &[("kv.token", wrong)]));
     let reason = refused.expect_degraded();
     assert!(reason.contains("ACL not found"), "{reason}");
     assert!(!reason.contains(wrong), "{reason}");
 
-    let mut f = Follower::start(config(&url(&double), &[("kv.token", TOKEN)]));
+    let mut f = Follower::start(key_config(&url(&double), &[("kv.token", TOKEN)]));
     f.expect(addr("127.0.0.1:2001"));
     assert!(double.tokens_in_header() >= 1);
     assert_eq!(double.tokens_in_query(), 0, "the token went into a URL");
@@ -442,13 +336,13 @@ fn consul_http_token_is_honoured_and_the_option_wins() {
 
 #[test]
 fn consul_options_are_checked() {
-    let error = |options: &[(&str, &str)], election: Election| {
-        let mut config = config("consul://127.0.0.1:8500/swarm", options);
-        config.election = election;
-        match source_for(config) {
-            Err(e) => e,
-            Ok(_) => panic!("accepted {options:?} {election:?}"),
-        }
+    let error = |options: &[(&str, &str)], election: Election| match source_for(config(
+        "consul://127.0.0.1:8500/swarm",
+        election,
+        options,
+    )) {
+        Err(e) => e,
+        Ok(_) => panic!("accepted {options:?} {election:?}"),
     };
     match error(&[("kv.username", "swarm")], Election::Key) {
         SourceError::Option { option, reason } => {

@@ -1151,24 +1151,7 @@ impl Lp {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start leader-proxy");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = line.split("Admin listening on ").nth(1) {
-                        let _ = tx.send((true, addr.trim().to_string()));
-                    } else if let Some(addr) = line.split("Listening on ").nth(1) {
-                        let _ = tx.send((false, addr.trim().to_string()));
-                    }
-                    log.lock().expect("log").push(line);
-                }
-            });
-        }
+        let (log, rx) = support::proxy::watch_stderr(&mut child);
         let (mut tcp, mut admin, mut unix_seen) = (None, None, unix.is_none());
         let deadline = Instant::now() + Duration::from_secs(20);
         while tcp.is_none() || admin.is_none() || !unix_seen {
@@ -1236,18 +1219,7 @@ impl Lp {
     }
 
     fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        // SAFETY: kill has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        support::proxy::terminate(&mut self.child, timeout)
     }
 }
 

@@ -9,20 +9,10 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use support::conformance::standalone;
 use support::etcd::Etcd;
+use support::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
 use support::http;
-use support::proxy::Proxy;
 use support::sim::read_log;
-
-const KEY: &str = "/p/docker/swarm/leader";
-
-fn proxy_for(etcd: &Etcd, extra: &[&str]) -> Proxy {
-    let url = format!("etcd://{}/p", etcd.endpoint());
-    let mut args: Vec<&str> = extra.to_vec();
-    args.push(&url);
-    Proxy::start(&args)
-}
 
 #[test]
 fn answers_503_with_a_docker_message_after_the_hold_timeout() {
@@ -79,12 +69,7 @@ fn read_head(stream: &mut TcpStream) -> String {
 
 #[test]
 fn upgrade_keeps_headers_and_forwards_half_close_on_a_keep_alive_connection() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let manager = standalone("m1", dir.path());
-    etcd.put_v2(KEY, &manager.advertise(), None);
-    let proxy = proxy_for(&etcd, &[]);
-    proxy.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "leader");
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
 
     let mut stream = TcpStream::connect(proxy.addr()).unwrap();
     stream
@@ -124,12 +109,7 @@ fn upgrade_keeps_headers_and_forwards_half_close_on_a_keep_alive_connection() {
 
 #[test]
 fn streams_are_not_buffered_and_bodies_arrive_whole() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let manager = standalone("m1", dir.path());
-    etcd.put_v2(KEY, &manager.advertise(), None);
-    let proxy = proxy_for(&etcd, &[]);
-    proxy.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "leader");
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
 
     // The second line comes 3 s after the first: the first must arrive on its own.
     let mut stream = TcpStream::connect(proxy.addr()).unwrap();
@@ -177,12 +157,7 @@ fn streams_are_not_buffered_and_bodies_arrive_whole() {
 
 #[test]
 fn retry_rules_on_the_fault_endpoints() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let manager = standalone("m1", dir.path());
-    etcd.put_v2(KEY, &manager.advertise(), None);
-    let proxy = proxy_for(&etcd, &[]);
-    proxy.wait_for_leader(Duration::from_secs(10), |l| l["state"] == "leader");
+    let (_etcd, dir, _manager, proxy) = proxy_with_leader(&[]);
     let log = dir.path().join("writes.log");
     let hits = |id: &str| read_log(&log).iter().filter(|l| l.request_id == id).count();
     let send = |method: &str, path: &str, id: &str| {

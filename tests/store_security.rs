@@ -7,21 +7,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use leader_proxy::discovery::{
-    source_for, DiscoveryUrl, Election, LeaderAddr, LeaderEvent, SourceConfig, SourceError,
-};
+use leader_proxy::discovery::{source_for, LeaderEvent, SourceError};
 use support::certs::Certs;
 use support::etcd::Etcd;
 use support::proxy::Proxy;
-use tokio::sync::mpsc;
-
-/// An upper bound for anything the tests wait for; a healthy run is far below it.
-const WAIT: Duration = Duration::from_secs(20);
-const LEADER_KEY: &str = "docker/swarm/leader";
+use support::source_events::{addr, key_config, Follower, WAIT};
 const V2_KEY: &str = "/swarm/docker/swarm/leader";
 const V3_KEY: &str = "swarm/docker/swarm/leader";
 /// The etcd user the proxy logs in as; its passwords are distinctive, to be looked for in
@@ -30,27 +23,8 @@ const USER: &str = "swarm";
 const PASSWORD: &str = "pw-Zq8xK3v";
 const WRONG_PASSWORD: &str = "wrong-Jt5rW9m";
 
-fn addr(s: &str) -> LeaderEvent {
-    LeaderEvent::Leader(LeaderAddr::parse(s).expect("a valid address"))
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
-}
-
-fn config(url: &str, options: &[(&str, &str)]) -> SourceConfig {
-    SourceConfig {
-        url: DiscoveryUrl::parse(url).expect("a valid discovery URL"),
-        leader_key: LEADER_KEY.into(),
-        election: Election::Key,
-        options: options
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        connect_timeout: Duration::from_secs(2),
-        probe_interval: Duration::from_millis(500),
-        upstream_tls: None,
-    }
 }
 
 /// The TLS options for `certs`: the CA, and the client certificate if `client`.
@@ -96,65 +70,6 @@ impl Api {
     }
 }
 
-/// A source running on its own runtime, and the router's end of its channel.
-struct Follower {
-    rt: tokio::runtime::Runtime,
-    rx: mpsc::Receiver<LeaderEvent>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Follower {
-    fn start(config: SourceConfig) -> Follower {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let (tx, rx) = mpsc::channel(16);
-        let source = source_for(config).expect("a source");
-        let task = rt.spawn(async move { source.run(tx).await });
-        Follower {
-            rt,
-            rx,
-            _task: task,
-        }
-    }
-
-    fn next_within(&mut self, wait: Duration) -> Option<LeaderEvent> {
-        let rx = &mut self.rx;
-        self.rt
-            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-            .ok()
-            .flatten()
-    }
-
-    fn expect(&mut self, want: LeaderEvent) {
-        match self.next_within(WAIT) {
-            Some(got) => assert_eq!(got, want),
-            None => panic!("no event within {WAIT:?} while waiting for {want:?}"),
-        }
-    }
-
-    /// The first event is `Degraded` (no leader was adopted before it), and no other event
-    /// follows while the source keeps retrying (its backoff starts at 100 ms: a second
-    /// holds several attempts). Returns the reason.
-    fn expect_only_degraded(&mut self) -> String {
-        let reason = match self.next_within(WAIT) {
-            Some(LeaderEvent::Degraded(reason)) => reason,
-            Some(other) => panic!("expected Degraded, got {other:?}"),
-            None => panic!("no event within {WAIT:?} while waiting for Degraded"),
-        };
-        if let Some(event) = self.next_within(Duration::from_secs(1)) {
-            panic!("after Degraded({reason:?}) came {event:?}");
-        }
-        reason
-    }
-}
-
 /// `reason` mentions one of `words` (case-insensitive), and no secret.
 fn assert_reason(reason: &str, words: &[&str]) {
     let lower = reason.to_lowercase();
@@ -173,7 +88,7 @@ fn assert_reason(reason: &str, words: &[&str]) {
 /// The leader is followed through a change and a deletion.
 fn follows(api: Api, etcd: &Etcd, options: &[(&str, &str)]) {
     api.put(etcd, "127.0.0.1:2001");
-    let mut f = Follower::start(config(&api.url(etcd), options));
+    let mut f = Follower::start(key_config(&api.url(etcd), options));
     f.expect(addr("127.0.0.1:2001"));
     api.put(etcd, "127.0.0.1:2002");
     f.expect(addr("127.0.0.1:2002"));
@@ -204,16 +119,13 @@ fn a_tls_store_restarted_is_followed_again() {
     etcd.put_v2(V2_KEY, "127.0.0.1:2001", None);
     etcd.put_v3(V3_KEY, "127.0.0.1:2001");
     let options = tls_options(&certs, true);
-    let mut v2 = Follower::start(config(&Api::V2.url(&etcd), &options));
-    let mut v3 = Follower::start(config(&Api::V3.url(&etcd), &options));
+    let mut v2 = Follower::start(key_config(&Api::V2.url(&etcd), &options));
+    let mut v3 = Follower::start(key_config(&Api::V3.url(&etcd), &options));
     v2.expect(addr("127.0.0.1:2001"));
     v3.expect(addr("127.0.0.1:2001"));
     etcd.stop();
     for f in [&mut v2, &mut v3] {
-        match f.next_within(WAIT) {
-            Some(LeaderEvent::Degraded(_)) => {}
-            other => panic!("expected Degraded, got {other:?}"),
-        }
+        f.expect_degraded();
     }
     etcd.restart();
     // New connections, new handshakes, the same files.
@@ -243,7 +155,7 @@ fn a_server_certificate_from_another_ca_is_degraded() {
         ("kv.keyfile", path(&store.client_key)),
     ];
     for api in [Api::V2, Api::V3] {
-        let mut f = Follower::start(config(&api.url(&etcd), &options));
+        let mut f = Follower::start(key_config(&api.url(&etcd), &options));
         let reason = f.expect_only_degraded();
         assert_reason(&reason, &["certificate", "UnknownIssuer"]);
     }
@@ -256,7 +168,7 @@ fn no_client_certificate_where_etcd_requires_one_is_degraded() {
     etcd.put_v2(V2_KEY, "127.0.0.1:2001", None);
     etcd.put_v3(V3_KEY, "127.0.0.1:2001");
     for api in [Api::V2, Api::V3] {
-        let mut f = Follower::start(config(&api.url(&etcd), &tls_options(&certs, false)));
+        let mut f = Follower::start(key_config(&api.url(&etcd), &tls_options(&certs, false)));
         let reason = f.expect_only_degraded();
         // etcd refuses the handshake (TLS 1.3: after it, with an alert); gRPC may report
         // only the closed connection, with the hint to give a client certificate.
@@ -271,7 +183,7 @@ fn plain_http_to_an_etcd_serving_tls_is_degraded() {
     etcd.put_v2(V2_KEY, "127.0.0.1:2001", None);
     etcd.put_v3(V3_KEY, "127.0.0.1:2001");
     for api in [Api::V2, Api::V3] {
-        let mut f = Follower::start(config(&api.url(&etcd), &[]));
+        let mut f = Follower::start(key_config(&api.url(&etcd), &[]));
         f.expect_only_degraded();
     }
 }
@@ -287,10 +199,10 @@ fn etcd3_user_and_password() {
 
     etcd.put_v3(V3_KEY, "127.0.0.1:2001");
     let wrong = [("kv.username", USER), ("kv.password", WRONG_PASSWORD)];
-    let mut f = Follower::start(config(&Api::V3.url(&etcd), &wrong));
+    let mut f = Follower::start(key_config(&Api::V3.url(&etcd), &wrong));
     assert_reason(&f.expect_only_degraded(), &["authentication failed"]);
     // Without credentials etcd refuses the read.
-    let mut f = Follower::start(config(&Api::V3.url(&etcd), &[]));
+    let mut f = Follower::start(key_config(&Api::V3.url(&etcd), &[]));
     assert_reason(
         &f.expect_only_degraded(),
         &["user name is empty", "permission"],
@@ -306,10 +218,10 @@ fn etcd2_user_and_password() {
 
     etcd.put_v2(V2_KEY, "127.0.0.1:2001", None);
     let wrong = [("kv.username", USER), ("kv.password", WRONG_PASSWORD)];
-    let mut f = Follower::start(config(&Api::V2.url(&etcd), &wrong));
+    let mut f = Follower::start(key_config(&Api::V2.url(&etcd), &wrong));
     assert_reason(&f.expect_only_degraded(), &["authentication"]);
     // Without credentials the request is a guest's, and the guest role may read nothing.
-    let mut f = Follower::start(config(&Api::V2.url(&etcd), &[]));
+    let mut f = Follower::start(key_config(&Api::V2.url(&etcd), &[]));
     assert_reason(&f.expect_only_degraded(), &["authentication"]);
 }
 
@@ -319,15 +231,15 @@ fn etcd_v2_and_v3_users_are_separate_in_etcd_3_4() {
     etcd.enable_auth(USER, PASSWORD, "swarm/");
     etcd.put_v2(V2_KEY, "127.0.0.1:2001", None);
     // v3 authentication does not protect the v2 API: without v2 auth it serves anybody.
-    let mut f = Follower::start(config(&Api::V2.url(&etcd), &[]));
+    let mut f = Follower::start(key_config(&Api::V2.url(&etcd), &[]));
     f.expect(addr("127.0.0.1:2001"));
     // And once v2 auth is on, the v2 API knows only its own users.
     etcd.enable_v2_auth("v2user", "v2-pw-Hn4", "swarm");
     let v3_login = [("kv.username", USER), ("kv.password", PASSWORD)];
-    let mut f = Follower::start(config(&Api::V2.url(&etcd), &v3_login));
+    let mut f = Follower::start(key_config(&Api::V2.url(&etcd), &v3_login));
     assert_reason(&f.expect_only_degraded(), &["authentication"]);
     let v2_login = [("kv.username", "v2user"), ("kv.password", "v2-pw-Hn4")];
-    let mut f = Follower::start(config(&Api::V2.url(&etcd), &v2_login));
+    let mut f = Follower::start(key_config(&Api::V2.url(&etcd), &v2_login));
     f.expect(addr("127.0.0.1:2001"));
 }
 
@@ -344,17 +256,17 @@ fn etcd3_takes_the_client_certificates_common_name_as_the_user() {
         ("kv.certfile", path(&cert)),
         ("kv.keyfile", path(&key)),
     ];
-    let mut f = Follower::start(config(&Api::V3.url(&etcd), &options));
+    let mut f = Follower::start(key_config(&Api::V3.url(&etcd), &options));
     f.expect(addr("127.0.0.1:2001"));
     // The default client certificate's common name (`client`) is nobody etcd knows.
-    let mut f = Follower::start(config(&Api::V3.url(&etcd), &tls_options(&certs, true)));
+    let mut f = Follower::start(key_config(&Api::V3.url(&etcd), &tls_options(&certs, true)));
     assert_reason(&f.expect_only_degraded(), &["permission denied"]);
 }
 
 // -------------------------------------------------------------------- option errors
 
 fn option_error(url: &str, options: &[(&str, &str)]) -> (String, String) {
-    match source_for(config(url, options)) {
+    match source_for(key_config(url, options)) {
         Err(SourceError::Option { option, reason }) => (option, reason),
         Err(other) => panic!("expected an option error, got {other}"),
         Ok(_) => panic!("{options:?} was accepted"),

@@ -7,41 +7,15 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use leader_proxy::discovery::{
-    source_for, DiscoveryUrl, Election, LeaderAddr, LeaderEvent, SourceConfig, SourceError,
-};
+use leader_proxy::discovery::{source_for, Election, LeaderEvent, SourceError};
+use support::source_events::{addr, config, dead_endpoint, wait_until, Follower, WAIT};
 use support::zookeeper::{random_hex, ZkOptions, ZkSession, ZooKeeper};
-use tokio::sync::mpsc;
-
-/// An upper bound for anything the tests wait for; a healthy run is far below it.
-const WAIT: Duration = Duration::from_secs(20);
-const LEADER_KEY: &str = "docker/swarm/leader";
 /// The election node under the `swarm` prefix, as classic Swarm names it.
 const NODE: &str = "/swarm/docker/swarm/leader";
 /// Sessions of the test's own managers: they outlive everything a test does.
 const SESSION: Duration = Duration::from_secs(30);
-
-fn addr(s: &str) -> LeaderEvent {
-    LeaderEvent::Leader(LeaderAddr::parse(s).expect("a valid address"))
-}
-
-fn config(url: &str, election: Election, options: &[(&str, &str)]) -> SourceConfig {
-    SourceConfig {
-        url: DiscoveryUrl::parse(url).expect("a valid discovery URL"),
-        leader_key: LEADER_KEY.into(),
-        election,
-        options: options
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        connect_timeout: Duration::from_secs(2),
-        probe_interval: Duration::from_millis(500),
-        upstream_tls: None,
-    }
-}
 
 fn url(zk: &ZooKeeper) -> String {
     format!("zk://{}/swarm", zk.endpoint())
@@ -56,94 +30,6 @@ fn lock_prefix() -> String {
 fn queue(session: &ZkSession) -> String {
     session.ensure(NODE);
     session.ephemeral_sequential(NODE, &lock_prefix(), "")
-}
-
-/// A source running on its own runtime, and the router's end of its channel.
-struct Follower {
-    rt: tokio::runtime::Runtime,
-    rx: mpsc::Receiver<LeaderEvent>,
-}
-
-impl Follower {
-    fn start(config: SourceConfig) -> Follower {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        let (tx, rx) = mpsc::channel(64);
-        let source = source_for(config).expect("a source");
-        rt.spawn(async move { source.run(tx).await });
-        Follower { rt, rx }
-    }
-
-    fn next(&mut self, what: &str) -> LeaderEvent {
-        let rx = &mut self.rx;
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(WAIT, rx.recv()).await })
-        {
-            Ok(Some(event)) => event,
-            Ok(None) => panic!("the source stopped while waiting for {what}"),
-            Err(_) => panic!("no event within {WAIT:?} while waiting for {what}"),
-        }
-    }
-
-    fn expect(&mut self, want: LeaderEvent) {
-        let got = self.next(&format!("{want:?}"));
-        assert_eq!(got, want);
-    }
-
-    fn expect_degraded(&mut self) -> String {
-        match self.next("Degraded") {
-            LeaderEvent::Degraded(reason) => reason,
-            other => panic!("expected Degraded, got {other:?}"),
-        }
-    }
-
-    /// Skips events until `want` comes; returns what came before it.
-    fn until(&mut self, want: LeaderEvent) -> Vec<LeaderEvent> {
-        let mut before = Vec::new();
-        loop {
-            let got = self.next(&format!("{want:?} (after {before:?})"));
-            if got == want {
-                return before;
-            }
-            before.push(got);
-        }
-    }
-
-    /// Nothing comes for a while (the election did not change for the proxy).
-    fn assert_quiet_for(&mut self, wait: Duration) {
-        let rx = &mut self.rx;
-        if let Ok(Some(event)) = self
-            .rt
-            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-        {
-            panic!("unexpected event {event:?}");
-        }
-    }
-}
-
-/// Polls `check` until it holds, for at most [`WAIT`].
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A port nothing listens on (bound, then released).
-fn dead_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("127.0.0.1:{port}")
 }
 
 // ---------------------------------------------------------------- --election key

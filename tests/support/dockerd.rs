@@ -298,18 +298,9 @@ impl Dockerd {
                     Duration::from_secs(20),
                 );
             }
-            signal_group(child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            terminate_group(&mut child, STOP_TIMEOUT);
         }
-        signal_group(child.id(), libc::SIGKILL);
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_group(child);
     }
 }
 
@@ -327,6 +318,28 @@ impl Drop for Dockerd {
         }
         std::mem::forget(dir);
     }
+}
+
+/// SIGTERM to the process group of `child` (a daemon and what it started), then waits up
+/// to `timeout` for `child` to exit. Shared by every launcher of daemons that must shut
+/// down cleanly before [`kill_group`] makes sure of it.
+pub fn terminate_group(child: &mut Child, timeout: Duration) {
+    signal_group(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL to the process group of `child` and to `child` itself, then reaps it: whatever
+/// [`terminate_group`] left running goes.
+pub fn kill_group(mut child: Child) {
+    signal_group(child.id(), libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn signal_group(pid: u32, signal: libc::c_int) {

@@ -11,11 +11,13 @@
 //! [`Etcd::endpoint`], which the code under test is given, is the secured one.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use super::server_process::{self, free_ports};
 
 const INSTALL: &str = "apt-get install etcd-server etcd-client";
 
@@ -214,30 +216,18 @@ impl Etcd {
 
     /// Kills etcd (SIGKILL: an outage, not a goodbye), keeping its data for [`Self::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        server_process::kill(&mut self.child);
     }
 
     /// SIGSTOP: etcd hangs with its connections open, as a store behind a dead link or a
     /// frozen VM looks to its clients (the kernel still accepts connections and ACKs).
     pub fn freeze(&mut self) {
-        self.signal("-STOP");
+        server_process::signal(self.child.as_ref(), "etcd", "-STOP");
     }
 
     /// SIGCONT after [`Self::freeze`].
     pub fn thaw(&mut self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let child = self.child.as_ref().expect("etcd is running");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} {}", child.id());
+        server_process::signal(self.child.as_ref(), "etcd", "-CONT");
     }
 
     /// Starts etcd again on the same ports with the same data, and waits until it is healthy.
@@ -500,11 +490,7 @@ fn launch(
     let peer = format!("http://127.0.0.1:{peer_port}");
     let log_path = dir.join(LOG);
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .expect("open the etcd log");
+    let log = server_process::open_log(&log_path, "etcd");
     let mut command = Command::new("etcd");
     if v2 {
         command.arg("--enable-v2");
@@ -517,7 +503,7 @@ fn launch(
             command.arg("--trusted-ca-file").arg(ca);
         }
     }
-    let mut child = command
+    let child = command
         .arg("--name")
         .arg("test")
         .arg("--data-dir")
@@ -533,26 +519,17 @@ fn launch(
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run etcd ({e}); install it: {INSTALL}"));
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("etcd exited with {status}\n{}", read_log()));
-        }
-        if let Ok(reply) = http(client_port, "GET", "/health", None, None) {
-            if reply.status == 200 && reply.body.contains("\"true\"") {
-                return Ok(child);
-            }
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "etcd not healthy after {START_TIMEOUT:?}\n{}",
-                read_log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server_process::wait_ready(
+        child,
+        "etcd",
+        "etcd not healthy",
+        START_TIMEOUT,
+        read_log,
+        || {
+            http(client_port, "GET", "/health", None, None)
+                .is_ok_and(|reply| reply.status == 200 && reply.body.contains("\"true\""))
+        },
+    )
 }
 
 /// Fails the test with the line that installs the program, if it is missing.
@@ -564,18 +541,6 @@ fn require(program: &str) {
         .status()
         .is_ok();
     assert!(found, "`{program}` is not installed: {INSTALL}");
-}
-
-/// `n` distinct free ports on 127.0.0.1 (all listeners are held while the next is picked,
-/// so they differ).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
 }
 
 struct Reply {

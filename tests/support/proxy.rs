@@ -4,8 +4,34 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Every line a `leader-proxy` wrote to stderr so far, for failure messages.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// Reads the stderr of a `leader-proxy` started with it piped, on a thread of its own:
+/// every line goes to the returned log, and each `Listening on ADDR` is sent as
+/// `(is_admin, ADDR)`. Every launcher of the binary learns its ports from these lines.
+pub fn watch_stderr(child: &mut Child) -> (Log, Receiver<(bool, String)>) {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split("Admin listening on ").nth(1) {
+                let _ = tx.send((true, addr.trim().to_string()));
+            } else if let Some(addr) = line.split("Listening on ").nth(1) {
+                let _ = tx.send((false, addr.trim().to_string()));
+            }
+            lines.lock().expect("log").push(line);
+        }
+    });
+    (log, rx)
+}
 
 pub struct Proxy {
     child: Child,
@@ -34,30 +60,14 @@ impl Proxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start leader-proxy");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = line.split("Admin listening on ").nth(1) {
-                        let _ = tx.send(("admin", addr.trim().to_string()));
-                    } else if let Some(addr) = line.split("Listening on ").nth(1) {
-                        let _ = tx.send(("listen", addr.trim().to_string()));
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (log, rx) = watch_stderr(&mut child);
         let (mut addr, mut admin) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while addr.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(("admin", a)) => admin = Some(a.parse().expect("admin addr")),
-                Ok((_, a)) => addr = Some(a.parse().expect("listen addr")),
+                Ok((true, a)) => admin = Some(a.parse().expect("admin addr")),
+                Ok((false, a)) => addr = Some(a.parse().expect("listen addr")),
                 Err(_) => {
                     let _ = child.kill();
                     panic!(
@@ -99,15 +109,7 @@ impl Proxy {
 
     /// Sends SIGTERM and waits for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        terminate(&mut self.child, timeout)
     }
 
     /// The value of a metric line (`name{labels} value`) from `/metrics`, summed over
@@ -150,6 +152,20 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends SIGTERM to a `leader-proxy` and waits for its exit status (at most `timeout`): the
+/// graceful stop every launcher of the binary uses.
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 pub fn signal(pid: u32, name: &str) {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::dockerd::{signal_group, sweep, unmount_under, DOCKERD};
+use super::dockerd::{kill_group, signal_group, sweep, terminate_group, unmount_under, DOCKERD};
 use super::http;
 
 pub const INSTALL: &str = "apt-get install docker.io";
@@ -384,18 +384,9 @@ impl Swarm {
             return;
         };
         if matches!(child.try_wait(), Ok(None)) {
-            signal_group(child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            terminate_group(&mut child, STOP_TIMEOUT);
         }
-        signal_group(child.id(), libc::SIGKILL);
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_group(child);
     }
 }
 

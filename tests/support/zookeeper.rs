@@ -11,13 +11,14 @@
 //! stop/restart), no fsync, a small preallocated log, and no AdminServer (each would want
 //! port 8080).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zookeeper_client as zk;
+
+use super::server_process::{self, free_ports};
 
 const INSTALL: &str = "apt-get install zookeeper (and default-jre-headless if `java` is missing)";
 const JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -72,7 +73,7 @@ impl ZooKeeper {
         let rt = Arc::new(runtime());
         // A free port can be taken between our probe and the JVM's bind: try others then.
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_ports(1)[0];
             match launch(dir.path(), port, options, &rt) {
                 Ok(child) => {
                     return ZooKeeper {
@@ -103,10 +104,7 @@ impl ZooKeeper {
 
     /// Kills ZooKeeper (SIGKILL: an outage, not a goodbye), keeping its data.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        server_process::kill(&mut self.child);
     }
 
     /// Starts ZooKeeper again on the same port with the same data (and sessions), and
@@ -132,21 +130,12 @@ impl ZooKeeper {
     /// or in a frozen VM looks to its clients. Its session clocks go on: once thawed, it
     /// expires every session that has not been heard from within its timeout.
     pub fn freeze(&mut self) {
-        self.signal("-STOP");
+        server_process::signal(self.child.as_ref(), "ZooKeeper", "-STOP");
     }
 
     /// SIGCONT after [`Self::freeze`].
     pub fn thaw(&mut self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let child = self.child.as_ref().expect("ZooKeeper is running");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} {}", child.id());
+        server_process::signal(self.child.as_ref(), "ZooKeeper", "-CONT");
     }
 
     /// ZooKeeper's own log, for failure messages and for what only it can tell (expiries).
@@ -445,12 +434,8 @@ fn launch(
     std::fs::write(&cfg, config).expect("write zoo.cfg");
     let log_path = dir.join(LOG);
     let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .expect("open the ZooKeeper log");
-    let mut child = Command::new("java")
+    let log = server_process::open_log(&log_path, "ZooKeeper");
+    let child = Command::new("java")
         // Small and quick to start: several servers run side by side on two cores.
         .args([
             "-Xmx128m",
@@ -470,13 +455,9 @@ fn launch(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run java ({e}); install it: {INSTALL}"));
     let endpoint = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("ZooKeeper exited with {status}\n{}", read_log()));
-        }
-        let ready = std::net::TcpStream::connect(&endpoint).is_ok() && {
-            let probe = rt.block_on(async {
+    let serving = || {
+        std::net::TcpStream::connect(&endpoint).is_ok() && {
+            rt.block_on(async {
                 let connector = zk::Client::connector()
                     .with_session_timeout(Duration::from_secs(4))
                     .with_fail_eagerly();
@@ -487,22 +468,17 @@ fn launch(
                     Ok(Ok(client)) => client.check_stat("/").await.is_ok(),
                     _ => false,
                 }
-            });
-            probe
-        };
-        if ready {
-            return Ok(child);
+            })
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "ZooKeeper not serving after {START_TIMEOUT:?}\n{}",
-                read_log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    server_process::wait_ready(
+        child,
+        "ZooKeeper",
+        "ZooKeeper not serving",
+        START_TIMEOUT,
+        read_log,
+        serving,
+    )
 }
 
 /// Fails the test with the line that installs ZooKeeper, if it is missing.
@@ -518,9 +494,4 @@ fn require() {
         Path::new(JAR).exists() && Path::new(LOGGER).exists(),
         "ZooKeeper is not installed ({JAR} or {LOGGER} missing): {INSTALL}"
     );
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
