@@ -135,11 +135,7 @@ fn no_leader_503_is_retried_for_idempotent_requests() {
         std::thread::spawn(move || http::request(addr, "GET", "/v1.41/nodes", &[], b"", WAIT))
     };
     let retried = "leader_proxy_retries_total{reason=\"no_leader\"}";
-    let deadline = Instant::now() + WAIT;
-    while proxy.metric(retried) < 3.0 {
-        assert!(Instant::now() < deadline, "never retried:\n{}", proxy.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy.wait_for_metric(retried, 3.0, WAIT, "never retried");
     assert!(!held.is_finished(), "answered while the leader said 503");
     // The election ends with m1 leading again.
     swarm.elect(0);

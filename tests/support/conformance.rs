@@ -116,15 +116,12 @@ pub fn no_leader_holds_then_serves(mut store: impl StoreHarness) {
             (response, elected.load(Ordering::SeqCst))
         })
     };
-    let deadline = Instant::now() + WAIT;
-    while proxy.metric("leader_proxy_held_requests") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "request never held:\n{}",
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy.wait_for_metric(
+        "leader_proxy_held_requests",
+        1.0,
+        WAIT,
+        "request never held",
+    );
     elected.store(true, Ordering::SeqCst);
     store.elect(&m1.advertise());
     let (response, after) = held.join().unwrap();
@@ -214,15 +211,12 @@ pub fn garbage_is_ignored_and_counted(mut store: impl StoreHarness) {
     ];
     for (i, value) in garbage.iter().enumerate() {
         store.elect_garbage(value);
-        let deadline = Instant::now() + WAIT;
-        while proxy.metric("leader_proxy_rejected_leader_values_total") < (i + 1) as f64 {
-            assert!(
-                Instant::now() < deadline,
-                "{value:?} not rejected:\n{}",
-                proxy.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        proxy.wait_for_metric(
+            "leader_proxy_rejected_leader_values_total",
+            (i + 1) as f64,
+            WAIT,
+            &format!("{value:?} not rejected"),
+        );
     }
     assert_eq!(
         proxy.metric("leader_proxy_rejected_leader_values_total"),

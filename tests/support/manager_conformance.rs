@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::http;
 use super::proxy::Proxy;
@@ -70,15 +70,7 @@ pub fn no_leader(l: &serde_json::Value) -> bool {
 
 /// Waits until the proxy holds at least `n` requests.
 pub fn wait_until_held(proxy: &Proxy, n: f64) {
-    let deadline = Instant::now() + WAIT;
-    while proxy.metric("leader_proxy_held_requests") < n {
-        assert!(
-            Instant::now() < deadline,
-            "request never held:\n{}",
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proxy.wait_for_metric("leader_proxy_held_requests", n, WAIT, "request never held");
 }
 
 pub fn initial_leader_and_change(mut managers: impl ManagerHarness) {
@@ -195,15 +187,12 @@ pub fn garbage_is_ignored_and_counted(mut managers: impl ManagerHarness) {
     let cases = managers.garbage_cases();
     for (i, case) in cases.iter().enumerate() {
         managers.answer_garbage(case);
-        let deadline = Instant::now() + WAIT;
-        while proxy.metric("leader_proxy_rejected_leader_values_total") < (i + 1) as f64 {
-            assert!(
-                Instant::now() < deadline,
-                "{case:?} not rejected:\n{}",
-                proxy.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        proxy.wait_for_metric(
+            "leader_proxy_rejected_leader_values_total",
+            (i + 1) as f64,
+            WAIT,
+            &format!("{case:?} not rejected"),
+        );
     }
     // Answered again at every poll, each is still counted once.
     std::thread::sleep(Duration::from_millis(500));

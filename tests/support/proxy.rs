@@ -127,6 +127,16 @@ impl Proxy {
         serde_json::from_str(&super::http::get_text(&self.admin_url("/leader"))).expect("json")
     }
 
+    /// Polls `/metrics` until the metric at `prefix` reaches `at_least`; panics naming
+    /// `what` with the proxy log after `timeout`.
+    pub fn wait_for_metric(&self, prefix: &str, at_least: f64, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        while self.metric(prefix) < at_least {
+            assert!(Instant::now() < deadline, "{what}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `/leader` until `check` holds; panics with the proxy log after `timeout`.
     pub fn wait_for_leader(
         &self,
