@@ -3,8 +3,11 @@
 # In a container the proxy must listen on a non-loopback address, which leader-proxy only
 # allows with client TLS (--tlsverify) or an explicit --insecure-bind: see README.md.
 FROM rust:1-bookworm AS build
+# The build packages of scripts/install-deps (its "build" rows; tests/install_deps.rs keeps
+# the two lists equal): gcc and cmake for pingora's zlib-ng, protoc and the well-known .proto
+# includes (libprotobuf-dev) for etcd-client.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake protobuf-compiler \
+ && apt-get install -y --no-install-recommends gcc cmake protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

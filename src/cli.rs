@@ -47,6 +47,14 @@ DISCOVERY, written the way `swarm manage` takes it:
 The leader is read from PREFIX/LEADER-KEY in a store; swarm:// and static:// managers are
 asked every --probe-interval.
 
+Examples, one per source (the URL is the one `swarm manage` is given):
+  leader-proxy etcd://10.0.0.5:2379,10.0.0.6:2379/swarm
+  leader-proxy --election contenders etcdv3://10.0.0.5:2379/swarm
+  leader-proxy zk://10.0.0.5:2181,10.0.0.6:2181,10.0.0.7:2181/swarm
+  leader-proxy --discovery-opt kv.token=SECRET consul://10.0.0.5:8500/swarm
+  leader-proxy swarm://10.0.0.11:2375,10.0.0.12:2375,10.0.0.13:2375
+  leader-proxy static://10.0.0.1:4000,10.0.0.2:4000,10.0.0.3:4000
+
 Every option can also be set in the environment, as LEADER_PROXY_ + the long flag in upper
 snake case (LEADER_PROXY_HOLD_TIMEOUT=30s; DISCOVERY is LEADER_PROXY_DISCOVERY). The
 variables of repeatable options take a comma-separated list. Or in a TOML file given with

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use support::certs::Certs;
-use support::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER};
+use support::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER, PYTHON};
 use support::etcd::Etcd;
 
 const KEY: &str = "/p/docker/swarm/leader";
@@ -453,7 +453,7 @@ fn dockerd_docker_py_pooled_client_over_tcp_and_unix() {
     ] {
         let started = Instant::now();
         let out = run(
-            Command::new("python3").arg(&script).arg(&base_url),
+            Command::new(PYTHON).arg(&script).arg(&base_url),
             None,
             Duration::from_secs(120),
         );
@@ -542,13 +542,13 @@ print(json.dumps(r))
 
 fn require_docker_py() {
     let out = run(
-        Command::new("python3").args(["-c", "import docker"]),
+        Command::new(PYTHON).args(["-c", "import docker"]),
         None,
         Duration::from_secs(30),
     );
     assert!(
         out.ok(),
-        "docker-py is missing for python3: apt-get install python3-docker (or pip install docker)\n{out}"
+        "docker-py is missing for {PYTHON}: apt-get install python3-docker\n{out}"
     );
 }
 
@@ -1346,7 +1346,7 @@ fn pty(client: &Client, dir: &Path, args: &[&str]) -> Spawned {
     if !script.exists() {
         std::fs::write(&script, PTY).expect("write ptyrun.py");
     }
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(PYTHON);
     cmd.arg(&script).arg(DOCKER).args(args);
     let client = client.command(DOCKER, dir);
     for (k, v) in client.get_envs() {

@@ -33,6 +33,9 @@ pub const DOCKER: &str = "/usr/local/bin/docker";
 /// Debian's docker CLI (20.10): BuildKit builds against dockerd 20.10.
 pub const DEBIAN_DOCKER: &str = "/usr/bin/docker";
 const BUSYBOX: &str = "/bin/busybox";
+/// Debian's python3, which sees python3-docker (a python3 first on PATH, such as pyenv's,
+/// does not).
+pub const PYTHON: &str = "/usr/bin/python3";
 
 /// How long dockerd may take to answer `/_ping` (about a second here; CI machines are slower).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,7 +75,7 @@ impl Dockerd {
         assert!(
             Path::new(DOCKER).exists(),
             "{DOCKER} (the docker CLI 28.x) is not installed: install Docker's CLI there, \
-             e.g. from https://download.docker.com/linux/static/stable/x86_64/"
+             Docker's static CLI; no Debian package has it (scripts/install-deps --check)"
         );
         // /tmp, not $TMPDIR: unix socket paths are limited to 107 bytes.
         let mut dir = tempfile::Builder::new()
