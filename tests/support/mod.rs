@@ -5,6 +5,7 @@
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+pub mod bins;
 pub mod certs;
 pub mod conformance;
 pub mod consul_double;

@@ -1,4 +1,4 @@
-//! Runs the simulated Swarm manager (`sim-manager`, tests/support/sim_manager.rs) as its own
+//! Runs the simulated Swarm manager (`sim-manager`, crates/sim-manager) as its own
 //! process, so a test can SIGKILL it, SIGTERM it, or restart it on the same address.
 //!
 //! What the simulator does (see its module docs for the details):
@@ -16,7 +16,7 @@
 //!   `/fault/drop-after-request`, `/fault/drop-after-first-byte` (any method), and every
 //!   other POST/PUT/PATCH/DELETE = a write (201 for POST, 200 otherwise, `{"Id": <request id>}`).
 //!   With `--discovery manual` also `POST /_sim/state` (what it says about the election) and
-//!   `GET /nodes` (swarm mode); see `sim_manager/manual.rs`.
+//!   `GET /nodes` (swarm mode); see crates/sim-manager/src/manual.rs.
 //! - appends to the shared log file, before answering: `<request id> <name> <role>` per
 //!   write, `<request id> <name> <role> <path>` per fault (request id from `X-Request-Id`,
 //!   `-` if absent). [`read_log`] parses it.
@@ -234,7 +234,7 @@ fn spawn(
     listen: SocketAddr,
     log: &Arc<Mutex<Vec<String>>>,
 ) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sim-manager"));
+    let mut cmd = Command::new(super::bins::sim_manager());
     cmd.args(["--name", &opts.name])
         .args(["--listen", &listen.to_string()])
         .args(["--discovery", &opts.discovery])
