@@ -10,19 +10,13 @@
 //! upload_memory` (root, dockerd, etcd and busybox-static needed, like the e2e tests; the
 //! context is a sparse file, but dockerd writes 1 GiB twice to its temp dir).
 
-#[path = "../tests/support/dockerd.rs"]
-#[allow(dead_code)]
-mod dockerd;
-#[path = "../tests/support/http.rs"]
-#[allow(dead_code)]
-mod http;
-
 use std::io::BufRead;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dockerd::{docker, run, Dockerd, DOCKER};
+use testkit::dockerd::{docker, run, Dockerd, DOCKER};
+use testkit::http;
 
 const SIZE: u64 = 1 << 30;
 const MIB: f64 = 1024.0 * 1024.0;

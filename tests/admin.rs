@@ -2,16 +2,14 @@
 //! `/healthz`, `/readyz` (held elections, timeouts, shutdown), `/leader`'s fields, request
 //! metrics and access-log lines, and a graceful SIGTERM that lets running requests finish.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::conformance::standalone;
-use support::etcd::Etcd;
-use support::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
-use support::http;
+use testkit::conformance::standalone;
+use testkit::etcd::Etcd;
+use testkit::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
+use testkit::http;
 
 fn status(url: &str) -> u16 {
     let rest = url.strip_prefix("http://").unwrap();

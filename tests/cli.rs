@@ -8,7 +8,6 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_leader-proxy");
 const URL: &str = "etcd://127.0.0.1:2379/swarm";
 
 struct Run {
@@ -21,7 +20,7 @@ struct Run {
 /// test's own environment. A run that does not end within 20 s is killed and fails the test
 /// (these configurations must be refused at once).
 fn run_env(args: &[&str], vars: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(testkit::bins::leader_proxy());
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

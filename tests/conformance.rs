@@ -1,9 +1,7 @@
-//! The conformance suite (tests/support/conformance.rs) on every store backend. Each store
-//! gets the same tests; adding a store is one harness file and one line here.
+//! The conformance suite (crates/testkit/src/conformance.rs) on every store backend. Each
+//! store gets the same tests; adding a store is one harness file and one line here.
 
-mod support;
-
-use support::conformance as suite;
+use testkit::conformance as suite;
 
 macro_rules! conformance {
     ($module:ident, $label:literal, $start:expr) => {
@@ -48,25 +46,25 @@ macro_rules! conformance {
     };
 }
 
-conformance!(etcd_v2, "etcd v2", support::store_etcd::EtcdV2::start());
+conformance!(etcd_v2, "etcd v2", testkit::store_etcd::EtcdV2::start());
 conformance!(
     etcd_v3_key,
     "etcd v3 key",
-    support::store_etcd::EtcdV3Key::start()
+    testkit::store_etcd::EtcdV3Key::start()
 );
 conformance!(
     etcd_v3_contenders,
     "etcd v3 contenders",
-    support::store_etcd::EtcdV3Contenders::start()
+    testkit::store_etcd::EtcdV3Contenders::start()
 );
 conformance!(
     consul,
     "consul (double)",
-    support::store_consul::ConsulStore::start()
+    testkit::store_consul::ConsulStore::start()
 );
-conformance!(zk_key, "zk key", support::store_zk::ZkKey::start());
+conformance!(zk_key, "zk key", testkit::store_zk::ZkKey::start());
 conformance!(
     zk_contenders,
     "zk contenders",
-    support::store_zk::ZkContenders::start()
+    testkit::store_zk::ZkContenders::start()
 );

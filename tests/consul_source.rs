@@ -1,20 +1,18 @@
 //! The Consul backend (`consul://`) driven directly, against the Consul protocol double
-//! (tests/support/consul_double.rs: no Consul server installs here). Each test starts its
-//! own double and reads the events the router would get; the token tests run the real
+//! (crates/testkit/src/consul_double.rs: no Consul server installs here). Each test starts
+//! its own double and reads the events the router would get; the token tests run the real
 //! `leader-proxy` binary, since the environment they set is per process.
-
-mod support;
 
 use std::time::{Duration, Instant};
 
 use leader_proxy::discovery::{source_for, Election, LeaderEvent, SourceError};
-use support::certs::Certs;
-use support::conformance::standalone;
-use support::consul_double::{ConsulDouble, DoubleOptions, DoubleTls, SessionSpec, LOCK_FLAGS};
-use support::http;
-use support::proxy::Proxy;
-use support::sim::{wait_for_single_primary, SimManager, SimOptions};
-use support::source_events::{addr, config, key_config, wait_until, Follower, WAIT};
+use testkit::certs::Certs;
+use testkit::conformance::standalone;
+use testkit::consul_double::{ConsulDouble, DoubleOptions, DoubleTls, SessionSpec, LOCK_FLAGS};
+use testkit::http;
+use testkit::proxy::Proxy;
+use testkit::sim::{wait_for_single_primary, SimManager, SimOptions};
+use testkit::source_events::{addr, config, key_config, wait_until, Follower, WAIT};
 
 /// The key under `consul://…/swarm`, as classic Swarm locks it.
 const KEY: &str = "swarm/docker/swarm/leader";
@@ -410,7 +408,7 @@ fn simulated_managers_lock_the_key_like_libkv() {
         "the key is still locked by the resigned manager"
     );
     let other = 1 - primary;
-    assert!(support::sim::wait_until_role(
+    assert!(testkit::sim::wait_until_role(
         managers[other].addr(),
         "primary",
         WAIT
@@ -421,7 +419,7 @@ fn simulated_managers_lock_the_key_like_libkv() {
     managers[primary].restart();
     managers[other].kill();
     let killed = Instant::now();
-    assert!(support::sim::wait_until_role(
+    assert!(testkit::sim::wait_until_role(
         managers[primary].addr(),
         "primary",
         WAIT

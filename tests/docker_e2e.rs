@@ -1,7 +1,7 @@
 //! End to end with the real thing: a real dockerd (20.10, API 1.41) behind the proxy, found
 //! through a leader key in a real etcd, driven by real clients: the docker CLI (28.x for
 //! most scenarios; Debian's 20.10 for BuildKit) and docker-py (pooled connections), over
-//! TCP and over a unix socket. See tests/support/dockerd.rs for how dockerd runs here.
+//! TCP and over a unix socket. See crates/testkit/src/dockerd.rs for how dockerd runs here.
 //!
 //! The same CLI scenarios ([`cli_scenarios`]) also run over TLS, with certificates made by
 //! the test: clients talking TLS to the proxy (`--tlsverify`, `DOCKER_TLS_VERIFY=1`,
@@ -13,8 +13,6 @@
 //! most two at once (`.config/nextest.toml`, test group `dockerd`). Each starts one etcd and
 //! one or two dockerd, and runs several scenarios on them.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::certs::Certs;
-use support::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER, PYTHON};
-use support::etcd::Etcd;
+use testkit::certs::Certs;
+use testkit::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER, PYTHON};
+use testkit::etcd::Etcd;
 
 const KEY: &str = "/p/docker/swarm/leader";
 const IMAGE: &str = "bb:local";
@@ -970,7 +968,7 @@ fn unix_listener_permissions_stale_and_live_sockets_and_removal() {
         .expect("write");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read");
-    let response = support::http::parse(&raw).expect("response");
+    let response = testkit::http::parse(&raw).expect("response");
     assert_eq!(response.status, 503, "{}", response.text());
     assert!(
         response.text().contains("no Swarm primary"),
@@ -980,7 +978,7 @@ fn unix_listener_permissions_stale_and_live_sockets_and_removal() {
 
     // A second proxy on the same path: refused, the live socket left alone.
     let second = run(
-        Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+        Command::new(testkit::bins::leader_proxy())
             .arg("--listen")
             .arg(format!("unix://{}", path.display()))
             .args(["--admin", "off", discovery]),
@@ -1001,7 +999,7 @@ fn unix_listener_permissions_stale_and_live_sockets_and_removal() {
     let file = dir.path().join("plain");
     std::fs::write(&file, "keep me").expect("write");
     let third = run(
-        Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+        Command::new(testkit::bins::leader_proxy())
             .arg("--listen")
             .arg(format!("unix://{}", file.display()))
             .args(["--admin", "off", discovery]),
@@ -1136,7 +1134,7 @@ struct Lp {
 
 impl Lp {
     fn start(discovery: &str, unix: Option<&Path>, extra: &[&str]) -> Lp {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leader-proxy"));
+        let mut cmd = Command::new(testkit::bins::leader_proxy());
         cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
         if let Some(path) = unix {
             cmd.arg("--listen")
@@ -1151,7 +1149,7 @@ impl Lp {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start leader-proxy");
-        let (log, rx) = support::proxy::watch_stderr(&mut child);
+        let (log, rx) = testkit::proxy::watch_stderr(&mut child);
         let (mut tcp, mut admin, mut unix_seen) = (None, None, unix.is_none());
         let deadline = Instant::now() + Duration::from_secs(20);
         while tcp.is_none() || admin.is_none() || !unix_seen {
@@ -1191,7 +1189,7 @@ impl Lp {
     fn wait_for_leader(&self, leader: &str) -> Instant {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let now = support::http::get_text(&format!("http://{}/leader", self.admin));
+            let now = testkit::http::get_text(&format!("http://{}/leader", self.admin));
             if now.contains(&format!("\"leader\":\"{leader}\"")) {
                 return Instant::now();
             }
@@ -1219,7 +1217,7 @@ impl Lp {
     }
 
     fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        support::proxy::terminate(&mut self.child, timeout)
+        testkit::proxy::terminate(&mut self.child, timeout)
     }
 }
 
@@ -1242,7 +1240,7 @@ struct Spawned {
 
 impl Spawned {
     fn start(mut cmd: Command, with_stdin: bool) -> Spawned {
-        let what = support::dockerd::describe(&cmd);
+        let what = testkit::dockerd::describe(&cmd);
         cmd.stdin(if with_stdin {
             Stdio::piped()
         } else {

@@ -3,13 +3,11 @@
 //! and real `etcdctl elect` contenders. Each test starts its own etcd and reads the events
 //! the router would get.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use leader_proxy::discovery::{source_for, Election, LeaderEvent, SourceError};
-use support::etcd::Etcd;
-use support::source_events::{addr, config, dead_endpoint, marker, wait_until, Follower, WAIT};
+use testkit::etcd::Etcd;
+use testkit::source_events::{addr, config, dead_endpoint, marker, wait_until, Follower, WAIT};
 /// The v2 path of the leader key under the `swarm` prefix, as classic Swarm writes it.
 const V2_KEY: &str = "/swarm/docker/swarm/leader";
 /// The v3 key (and, with `--election contenders`, the election name) under `swarm`.

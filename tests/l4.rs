@@ -5,17 +5,15 @@
 //! half-close, pass TLS through untouched to a manager that checks client certificates, and
 //! show in the metrics.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::certs::Certs;
-use support::conformance::standalone;
-use support::etcd::Etcd;
-use support::proxy::Proxy;
-use support::tls::{connect, get, read_head, refused, TlsManager};
+use testkit::certs::Certs;
+use testkit::conformance::standalone;
+use testkit::etcd::Etcd;
+use testkit::proxy::Proxy;
+use testkit::tls::{connect, get, read_head, refused, TlsManager};
 
 const KEY: &str = "/p/docker/swarm/leader";
 const WAIT: Duration = Duration::from_secs(20);

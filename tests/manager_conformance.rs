@@ -1,10 +1,8 @@
-//! The manager-side conformance suite (tests/support/manager_conformance.rs) on every source
-//! that asks the managers themselves: `swarm://` (GET /nodes) and `static://` (GET /info),
-//! each against three simulated managers whose answers the test sets.
+//! The manager-side conformance suite (crates/testkit/src/manager_conformance.rs) on every
+//! source that asks the managers themselves: `swarm://` (GET /nodes) and `static://`
+//! (GET /info), each against three simulated managers whose answers the test sets.
 
-mod support;
-
-use support::manager_conformance as suite;
+use testkit::manager_conformance as suite;
 
 macro_rules! conformance {
     ($module:ident, $start:expr) => {
@@ -34,8 +32,8 @@ macro_rules! conformance {
     };
 }
 
-conformance!(swarm_mode, support::manual_managers::SwarmManagers::start());
+conformance!(swarm_mode, testkit::manual_managers::SwarmManagers::start());
 conformance!(
     static_probe,
-    support::manual_managers::ClassicManagers::start()
+    testkit::manual_managers::ClassicManagers::start()
 );

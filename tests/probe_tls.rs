@@ -9,19 +9,17 @@
 //! one asked in plain HTTP; one SIGHUP makes the probes use new files, as it does for the
 //! proxy. In `--mode tcp` the probes still speak TLS while the clients' TLS passes through.
 
-mod support;
-
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::certs::Certs;
-use support::manager_conformance::{is_leader, served_by};
-use support::manual_managers::{ClassicManagers, SwarmManagers};
-use support::proxy::{signal, Proxy};
-use support::tls::{connect, read_head, TlsManager};
+use testkit::certs::Certs;
+use testkit::manager_conformance::{is_leader, served_by};
+use testkit::manual_managers::{ClassicManagers, SwarmManagers};
+use testkit::proxy::{signal, Proxy};
+use testkit::tls::{connect, read_head, TlsManager};
 
 const WAIT: Duration = Duration::from_secs(20);
 

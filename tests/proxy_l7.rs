@@ -3,16 +3,14 @@
 //! half-close, unbuffered streams, large uploads, and the retry rules. What depends on the
 //! store (following, holding, outages, bad values, failover) is in the conformance suite.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use support::etcd::Etcd;
-use support::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
-use support::http;
-use support::sim::read_log;
+use testkit::etcd::Etcd;
+use testkit::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
+use testkit::http;
+use testkit::sim::read_log;
 
 #[test]
 fn answers_503_with_a_docker_message_after_the_hold_timeout() {

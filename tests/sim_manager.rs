@@ -3,17 +3,15 @@
 //! restarted manager rejoins as a replica), and its HTTP API does what the proxy's tests
 //! rely on (write log, hijack with half-close, faults, streaming, large bodies).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::etcd::Etcd;
-use support::http;
-use support::sim::{
+use testkit::etcd::Etcd;
+use testkit::http;
+use testkit::sim::{
     read_log, wait_for_single_primary, wait_until_role, Election, SimManager, SimOptions,
 };
 

@@ -4,15 +4,13 @@
 //! particular to classic Swarm: roles changing under traffic, and two managers claiming to be
 //! primary at once (classic Swarm issue 1413).
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::http;
-use support::manager_conformance::{is_leader, served_by, start_proxy, ManagerHarness};
-use support::manual_managers::ClassicManagers;
+use testkit::http;
+use testkit::manager_conformance::{is_leader, served_by, start_proxy, ManagerHarness};
+use testkit::manual_managers::ClassicManagers;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -153,7 +151,7 @@ fn two_primaries_the_one_the_others_name_wins() {
 
     // Each disagreement is logged once, not at every probe.
     std::thread::sleep(Duration::from_millis(300));
-    let logged = |proxy: &support::proxy::Proxy| {
+    let logged = |proxy: &testkit::proxy::Proxy| {
         proxy
             .log()
             .matches("claim to be primary (classic Swarm issue 1413)")

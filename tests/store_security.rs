@@ -3,18 +3,16 @@
 //! client certificates), user/password with `kv.username`/`kv.password` (the v3 API's users,
 //! and the v2 API's own), the failures each must report as `Degraded` without adopting a
 //! leader, the option errors at start-up, and, through the real binary, that no secret
-//! reaches the log or `/leader`. Certificates are made fresh by `support::certs`.
-
-mod support;
+//! reaches the log or `/leader`. Certificates are made fresh by `testkit::certs`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use leader_proxy::discovery::{source_for, LeaderEvent, SourceError};
-use support::certs::Certs;
-use support::etcd::Etcd;
-use support::proxy::Proxy;
-use support::source_events::{addr, key_config, Follower, WAIT};
+use testkit::certs::Certs;
+use testkit::etcd::Etcd;
+use testkit::proxy::Proxy;
+use testkit::source_events::{addr, key_config, Follower, WAIT};
 const V2_KEY: &str = "/swarm/docker/swarm/leader";
 const V3_KEY: &str = "swarm/docker/swarm/leader";
 /// The etcd user the proxy logs in as; its passwords are distinctive, to be looked for in
@@ -406,7 +404,7 @@ fn secrets_stay_out_of_the_log_and_leader() {
 fn a_missing_tls_file_stops_the_proxy_naming_the_option_and_the_path() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let missing = dir.path().join("ca.pem");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+    let out = std::process::Command::new(testkit::bins::leader_proxy())
         .args(["--listen", "127.0.0.1:0", "--admin", "off"])
         .arg("--discovery-opt")
         .arg(format!("kv.cacertfile={}", path(&missing)))

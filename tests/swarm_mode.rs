@@ -6,17 +6,15 @@
 //! (`real_swarm_…`, DESIGN.md's recipe on 127.0.0.21-23; one at a time, nextest group
 //! `swarm`): the leader's dockerd SIGKILLed and restarted, twice, under traffic.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::http;
-use support::manager_conformance::{is_leader, served_by, start_proxy, ManagerHarness};
-use support::manual_managers::SwarmManagers;
-use support::proxy::Proxy;
-use support::swarm::{gwbridge_exists, leftovers, Swarm, API_PORT, HOSTS};
+use testkit::http;
+use testkit::manager_conformance::{is_leader, served_by, start_proxy, ManagerHarness};
+use testkit::manual_managers::SwarmManagers;
+use testkit::proxy::Proxy;
+use testkit::swarm::{gwbridge_exists, leftovers, Swarm, API_PORT, HOSTS};
 
 const WAIT: Duration = Duration::from_secs(20);
 

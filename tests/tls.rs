@@ -10,8 +10,6 @@
 //!   `ca.pem` and the leader's IP, presents the client certificate, keeps upstream
 //!   connections pooled, and relays hijacked connections over TLS with half-close.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
@@ -19,13 +17,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::certs::Certs;
-use support::conformance::standalone;
-use support::dockerd::{docker, run, DOCKER};
-use support::etcd::Etcd;
-use support::http;
-use support::proxy::{signal, Proxy};
-use support::tls::{connect, get, read_head, refused, TlsManager, TlsStream};
+use testkit::certs::Certs;
+use testkit::conformance::standalone;
+use testkit::dockerd::{docker, run, DOCKER};
+use testkit::etcd::Etcd;
+use testkit::http;
+use testkit::proxy::{signal, Proxy};
+use testkit::tls::{connect, get, read_head, refused, TlsManager, TlsStream};
 
 const KEY: &str = "/p/docker/swarm/leader";
 const WAIT: Duration = Duration::from_secs(20);
@@ -318,7 +316,7 @@ fn sighup_reloads_the_log_level() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lp.toml");
     std::fs::write(&config, "log-level = \"info\"\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+    let mut child = Command::new(testkit::bins::leader_proxy())
         .args(["--listen", "127.0.0.1:0", "--admin", "off", "--config"])
         .arg(&config)
         .arg("etcd://127.0.0.1:1/p")
@@ -380,7 +378,7 @@ struct TlsLab {
     etcd: Etcd,
     certs: Certs,
     manager: TlsManager,
-    _sim: support::sim::SimManager,
+    _sim: testkit::sim::SimManager,
     _dir: tempfile::TempDir,
 }
 

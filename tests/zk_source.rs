@@ -5,13 +5,11 @@
 //! suite; here is what only ZooKeeper has: the start-up staleness rules, sessions that
 //! expire, digest ACLs, connect strings.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use leader_proxy::discovery::{source_for, Election, LeaderEvent, SourceError};
-use support::source_events::{addr, config, dead_endpoint, wait_until, Follower, WAIT};
-use support::zookeeper::{random_hex, ZkOptions, ZkSession, ZooKeeper};
+use testkit::source_events::{addr, config, dead_endpoint, wait_until, Follower, WAIT};
+use testkit::zookeeper::{random_hex, ZkOptions, ZkSession, ZooKeeper};
 /// The election node under the `swarm` prefix, as classic Swarm names it.
 const NODE: &str = "/swarm/docker/swarm/leader";
 /// Sessions of the test's own managers: they outlive everything a test does.
@@ -368,7 +366,7 @@ fn options_are_checked() {
 /// address as the node's data; SIGTERM deletes the child and leaves the data.
 #[test]
 fn sim_managers_leave_the_store_as_libkv_does() {
-    use support::sim::{wait_for_single_primary, SimManager, SimOptions};
+    use testkit::sim::{wait_for_single_primary, SimManager, SimOptions};
 
     let zk = ZooKeeper::start();
     let dir = tempfile::tempdir().expect("temp dir");

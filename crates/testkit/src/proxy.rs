@@ -50,7 +50,7 @@ impl Proxy {
     /// [`Self::start`] with extra environment variables (`CONSUL_HTTP_TOKEN`, …) for the
     /// proxy process only.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+        let mut child = Command::new(crate::bins::leader_proxy())
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--log-level", "info,access=debug"])
             .args(args)
@@ -115,7 +115,7 @@ impl Proxy {
     /// The value of a metric line (`name{labels} value`) from `/metrics`, summed over
     /// the series whose line starts with `prefix`.
     pub fn metric(&self, prefix: &str) -> f64 {
-        let text = super::http::get_text(&self.admin_url("/metrics"));
+        let text = crate::http::get_text(&self.admin_url("/metrics"));
         text.lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -124,7 +124,7 @@ impl Proxy {
 
     /// `/leader` as JSON.
     pub fn leader(&self) -> serde_json::Value {
-        serde_json::from_str(&super::http::get_text(&self.admin_url("/leader"))).expect("json")
+        serde_json::from_str(&crate::http::get_text(&self.admin_url("/leader"))).expect("json")
     }
 
     /// Polls `/metrics` until the metric at `prefix` reaches `at_least`; panics naming

@@ -28,7 +28,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::http;
+use crate::http;
 
 /// How long the binary may take to bind and print `Listening on ADDR`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -234,7 +234,7 @@ fn spawn(
     listen: SocketAddr,
     log: &Arc<Mutex<Vec<String>>>,
 ) -> (Child, SocketAddr) {
-    let mut cmd = Command::new(super::bins::sim_manager());
+    let mut cmd = Command::new(crate::bins::sim_manager());
     cmd.args(["--name", &opts.name])
         .args(["--listen", &listen.to_string()])
         .args(["--discovery", &opts.discovery])

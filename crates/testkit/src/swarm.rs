@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::dockerd::{kill_group, signal_group, sweep, terminate_group, unmount_under, DOCKERD};
-use super::http;
+use crate::dockerd::{kill_group, signal_group, sweep, terminate_group, unmount_under, DOCKERD};
+use crate::http;
 
 pub const INSTALL: &str = "apt-get install docker.io";
 /// The managers' addresses: the recipe's, verified on these machines.

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use super::conformance::standalone;
-use super::etcd::Etcd;
-use super::proxy::Proxy;
-use super::sim::SimManager;
+use crate::conformance::standalone;
+use crate::etcd::Etcd;
+use crate::proxy::Proxy;
+use crate::sim::SimManager;
 
 /// The leader key under the `/p` prefix, on the v2 API.
 pub const KEY: &str = "/p/docker/swarm/leader";

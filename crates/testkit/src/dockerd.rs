@@ -12,7 +12,7 @@
 //! Several run at once (distinct dirs, ports and daemon ids).
 //!
 //! [`Dockerd::start_tls`] runs it as a TLS-only manager: `--tlsverify` with a CA, a server
-//! certificate for 127.0.0.1 and its key (tests/support/certs.rs), so its TCP API takes
+//! certificate for 127.0.0.1 and its key ([`crate::certs`]), so its TCP API takes
 //! only clients with a certificate from that CA; its unix socket stays plain.
 //!
 //! Also: [`run`], a command runner with a deadline that feeds stdin and collects output
@@ -60,7 +60,7 @@ impl Dockerd {
 
     /// [`Dockerd::start`] with `--tlsverify`: the TCP API speaks TLS only, with the server
     /// certificate `cert` (for 127.0.0.1) and its `key`, and requires client certificates
-    /// signed by `ca` (tests/support/certs.rs makes them).
+    /// signed by `ca` ([`crate::certs`] makes them).
     pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Dockerd {
         Self::start_with(Some([ca, cert, key]))
     }

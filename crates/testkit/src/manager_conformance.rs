@@ -1,9 +1,9 @@
 //! The manager-side conformance suite: the same behavioural tests for every source that asks
 //! the managers themselves instead of a store (`swarm://`, `static://`).
 //!
-//! The store suite ([`super::conformance`]) acts out an election in a store and lets
+//! The store suite ([`crate::conformance`]) acts out an election in a store and lets
 //! standalone managers serve; here the managers are the source, so a harness acts out the
-//! election in what the managers answer (see [`super::manual_managers`]), and the same
+//! election in what the managers answer (see [`crate::manual_managers`]), and the same
 //! managers serve the proxied requests. The cases are the store suite's where they apply:
 //! initial leader and change; no leader (held, then 503); every manager unreachable, then
 //! back; garbage answers. The tests watch the proxy like a user would (`/leader`,
@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::http;
-use super::proxy::Proxy;
+use crate::http;
+use crate::proxy::Proxy;
 
 /// Three managers (m1, m2, m3) for one test, with the means to act out their election.
 pub trait ManagerHarness {

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use super::conformance::StoreHarness;
-use super::etcd::Etcd;
-use super::sim::{Election, SimOptions};
+use crate::conformance::StoreHarness;
+use crate::etcd::Etcd;
+use crate::sim::{Election, SimOptions};
 
 const PREFIX: &str = "swarm";
 const V2_KEY: &str = "/swarm/docker/swarm/leader";

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::http;
-use super::proxy::Proxy;
-use super::sim::{read_log, wait_for_single_primary, SimManager, SimOptions};
+use crate::http;
+use crate::proxy::Proxy;
+use crate::sim::{read_log, wait_for_single_primary, SimManager, SimOptions};
 
 /// One store, started for one test, with the means to act out its election by hand.
 pub trait StoreHarness {

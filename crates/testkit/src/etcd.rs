@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::server_process::{self, free_ports};
+use crate::server_process::{self, free_ports};
 
 const INSTALL: &str = "apt-get install etcd-server etcd-client";
 
@@ -66,7 +66,7 @@ impl Etcd {
     /// certificate (for 127.0.0.1) on [`Self::endpoint`]. With `client_cert_auth` it also
     /// requires a client certificate signed by `certs`' CA (`--client-cert-auth
     /// --trusted-ca-file`).
-    pub fn start_tls(certs: &super::certs::Certs, client_cert_auth: bool) -> Etcd {
+    pub fn start_tls(certs: &crate::certs::Certs, client_cert_auth: bool) -> Etcd {
         Self::launch_new(
             true,
             Some(Tls {

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::conformance::StoreHarness;
-use super::consul_double::{ConsulDouble, SessionSpec};
-use super::sim::SimOptions;
+use crate::conformance::StoreHarness;
+use crate::consul_double::{ConsulDouble, SessionSpec};
+use crate::sim::SimOptions;
 
 const PREFIX: &str = "swarm";
 /// The key under `consul://…/swarm`, as Consul names it (no leading slash).

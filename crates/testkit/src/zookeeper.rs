@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use zookeeper_client as zk;
 
-use super::server_process::{self, free_ports};
+use crate::server_process::{self, free_ports};
 
 const INSTALL: &str = "apt-get install zookeeper (and default-jre-headless if `java` is missing)";
 const JAR: &str = "/usr/share/java/zookeeper.jar";

@@ -3,7 +3,7 @@
 //! (`POST /_sim/state`, see `sim_manager/manual.rs`), as classic Swarm managers
 //! ([`ClassicManagers`], for `static://`) or swarm-mode managers ([`SwarmManagers`], for
 //! `swarm://`). Both implement the manager-side conformance harness
-//! ([`super::manager_conformance::ManagerHarness`]).
+//! ([`crate::manager_conformance::ManagerHarness`]).
 //!
 //! Each manager keeps its state in a file, so [`stop`](ManagerHarness::stop) (SIGKILL) and
 //! [`restart`](ManagerHarness::restart) bring them back saying what they said before.
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::http;
-use super::manager_conformance::ManagerHarness;
-use super::sim::{SimManager, SimOptions};
+use crate::http;
+use crate::manager_conformance::ManagerHarness;
+use crate::sim::{SimManager, SimOptions};
 
 /// What dockerd answers `GET /nodes` with during an election (its `errNoLeader`).
 pub const NO_LEADER: &str = "rpc error: code = Unknown desc = The swarm does not have a leader. \

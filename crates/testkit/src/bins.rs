@@ -1,16 +1,25 @@
-//! Finds the workspace binaries that tests run as processes but that are not targets of the
-//! test's own package, so `env!("CARGO_BIN_EXE_…")` cannot name them: `sim-manager` is a
-//! crate of its own (crates/sim-manager). Cargo puts every binary of a build in the profile
+//! Finds the workspace binaries that tests run as processes. `env!("CARGO_BIN_EXE_…")` is
+//! set only when compiling a test of the package that has the binary, so this library
+//! cannot use it for `leader-proxy`, nor can any test use it for `sim-manager` (a crate of
+//! its own, crates/sim-manager). Cargo puts every binary of a build in the profile
 //! directory the test executable's `deps/` sits in (`target/debug/deps/<test>` →
-//! `target/debug/sim-manager`), so that is where they are looked for; `scripts/test` builds
-//! them first with `cargo build --locked --workspace --bins`.
+//! `target/debug/sim-manager`), so that is where they are looked for. Cargo builds
+//! `leader-proxy` there for leader-proxy's own tests; `sim-manager` is built by
+//! `cargo build --locked --workspace --bins`, which `scripts/test` runs first.
 
 use std::path::{Path, PathBuf};
 
-/// The `sim-manager` binary: `$SIM_MANAGER_BIN` if set (a test executable run from
-/// elsewhere, e.g. a nextest archive), else the one built next to the test executable.
+/// The `leader-proxy` binary: `$TESTKIT_LEADER_PROXY_BIN` if set (a test executable run
+/// from elsewhere, e.g. a nextest archive), else the one built next to the test executable.
+/// Not `LEADER_PROXY_…`: that prefix is the product's own configuration.
+pub fn leader_proxy() -> PathBuf {
+    locate("leader-proxy", "TESTKIT_LEADER_PROXY_BIN")
+}
+
+/// The `sim-manager` binary: `$TESTKIT_SIM_MANAGER_BIN` if set, else the one built next to
+/// the test executable.
 pub fn sim_manager() -> PathBuf {
-    locate("sim-manager", "SIM_MANAGER_BIN")
+    locate("sim-manager", "TESTKIT_SIM_MANAGER_BIN")
 }
 
 /// `$override_var`, else `name` in the running executable's profile directory. Panics with
@@ -39,8 +48,9 @@ fn locate(name: &str, override_var: &str) -> PathBuf {
     path
 }
 
-/// `target/<profile>` for a test or bench executable (`target/<profile>/deps/<name>-<hash>`),
-/// the directory itself for anything else (an example or a binary run in place).
+/// `target/<profile>` for a test or bench executable
+/// (`target/<profile>/deps/<name>-<hash>`), the directory itself for anything else (an
+/// example or a binary run in place).
 fn profile_dir(exe: &Path) -> &Path {
     let dir = exe.parent().expect("an executable lives in a directory");
     match dir.file_name() {

@@ -13,9 +13,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::conformance::StoreHarness;
-use super::sim::{Election, SimOptions};
-use super::zookeeper::{random_hex, ZkSession, ZooKeeper};
+use crate::conformance::StoreHarness;
+use crate::sim::{Election, SimOptions};
+use crate::zookeeper::{random_hex, ZkSession, ZooKeeper};
 
 const PREFIX: &str = "swarm";
 /// `/<prefix>/docker/swarm/leader`.

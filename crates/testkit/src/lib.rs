@@ -1,0 +1,29 @@
+//! What leader-proxy's integration tests and benches share: launchers for the real
+//! components (etcd, ZooKeeper, dockerd, a Docker swarm), for the simulated manager and a
+//! Consul double, and for the proxy itself, plus the suites every store and manager source
+//! runs. Every launcher picks free ports and temp dirs and stops what it started when
+//! dropped, so tests run in parallel.
+//!
+//! A library crate, not a module each test file includes, so it is compiled once instead of
+//! once per test binary.
+
+pub mod bins;
+pub mod certs;
+pub mod conformance;
+pub mod consul_double;
+pub mod dockerd;
+pub mod etcd;
+pub mod etcd_proxy;
+pub mod http;
+pub mod manager_conformance;
+pub mod manual_managers;
+pub mod proxy;
+pub mod server_process;
+pub mod sim;
+pub mod source_events;
+pub mod store_consul;
+pub mod store_etcd;
+pub mod store_zk;
+pub mod swarm;
+pub mod tls;
+pub mod zookeeper;
