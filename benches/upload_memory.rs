@@ -11,12 +11,11 @@
 //! context is a sparse file, but dockerd writes 1 GiB twice to its temp dir).
 
 use std::io::BufRead;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::dockerd::{docker, run, Dockerd, DOCKER};
-use testkit::http;
+use testkit::etcd::Etcd;
 
 const SIZE: u64 = 1 << 30;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -32,7 +31,7 @@ fn main() {
     }
     let etcd = Etcd::start();
     let dockerd = Dockerd::start();
-    etcd.put("/p/docker/swarm/leader", &dockerd.endpoint());
+    etcd.put_v2("/p/docker/swarm/leader", &dockerd.endpoint(), None);
     let (mut proxy, proxy_addr) = start_proxy(&format!("etcd://{}/p", etcd.endpoint()));
     let pid = proxy.id();
 
@@ -179,7 +178,7 @@ impl Sampler {
 }
 
 fn start_proxy(discovery: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leader-proxy"))
+    let mut child = Command::new(testkit::bins::leader_proxy())
         .args(["--listen", "127.0.0.1:0", "--admin", "off", discovery])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -201,92 +200,4 @@ fn start_proxy(discovery: &str) -> (Child, String) {
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
-}
-
-/// A throwaway etcd (v2 API on) on free ports.
-struct Etcd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (port, peer) = free_ports();
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{port}"),
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("default=http://127.0.0.1:{peer}"),
-            ])
-            .arg("--enable-v2")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd is not installed: apt-get install etcd-server etcd-client");
-        let etcd = Etcd {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http::get(etcd.addr(), "/health").map(|r| r.status).ok() != Some(200) {
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        etcd
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn endpoint(&self) -> String {
-        self.addr().to_string()
-    }
-
-    fn put(&self, key: &str, value: &str) {
-        let body = format!("value={value}");
-        let reply = http::request(
-            self.addr(),
-            "PUT",
-            &format!("/v2/keys{key}"),
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            body.as_bytes(),
-            Duration::from_secs(10),
-        )
-        .expect("etcd v2 PUT");
-        assert!(
-            reply.status == 200 || reply.status == 201,
-            "{}",
-            reply.text()
-        );
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two distinct free ports (both held while picked).
-fn free_ports() -> (u16, u16) {
-    let bind = || TcpListener::bind("127.0.0.1:0").expect("free port");
-    let (a, b) = (bind(), bind());
-    let port = |l: &TcpListener| l.local_addr().expect("local addr").port();
-    (port(&a), port(&b))
 }
