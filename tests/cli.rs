@@ -1,4 +1,4 @@
-//! The command line contract (DESIGN.md, "Command line"), checked on the real binary:
+//! The command line contract (docs/cli.md), checked on the real binary:
 //! `--help` and `--version` exit 0, every refused configuration exits 2 with
 //! `leader-proxy: <message>` on stderr naming what is wrong.
 //!
