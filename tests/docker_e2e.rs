@@ -480,18 +480,20 @@ fn dockerd_docker_py_pooled_client_over_tcp_and_unix() {
 }
 
 const DOCKER_PY: &str = r#"
-import json, sys, time
-import docker, urllib3.connection
+import http.client, json, sys, time
+import docker
 from docker.transport import unixconn
 
 # Which requests went out on a connection that had served a request before (a socket
-# already open when the request starts).
+# already open when the request starts). Counted in http.client, which both kinds of
+# connection go through: urllib3's (TCP) calls it, and Debian's docker-py (5.0.3) builds its
+# unix socket connection on it directly, not on urllib3's.
 requests_seen = []
-_request = urllib3.connection.HTTPConnection.request
+_request = http.client.HTTPConnection.request
 def request(self, method, url, *a, **k):
     requests_seen.append((method, url.split("?")[0], self.sock is not None))
     return _request(self, method, url, *a, **k)
-urllib3.connection.HTTPConnection.request = request
+http.client.HTTPConnection.request = request
 def reused(suffix):
     return [r for (m, u, r) in requests_seen if m == "POST" and u.endswith(suffix)]
 
