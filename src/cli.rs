@@ -1,4 +1,4 @@
-//! The command line, as DESIGN.md's "Command line" table fixes it (a contract: scripts and
+//! The command line, as docs/cli.md#flags fixes it (a contract: scripts and
 //! tests depend on it).
 //!
 //! [`Cli`] holds what one source said, as text: every field is an `Option` or a `Vec`, so

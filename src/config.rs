@@ -69,7 +69,7 @@ fn supported(feature: &str) -> bool {
     !NOT_YET_SUPPORTED.contains(&feature)
 }
 
-/// The defaults of DESIGN.md's table.
+/// The defaults, as docs/cli.md#flags lists them.
 pub mod defaults {
     use std::time::Duration;
 

@@ -26,10 +26,11 @@
 //! - The watch is registered between two identical reads (requests of one session are
 //!   served in order), so the state read is exactly the state the watch starts from and no
 //!   event is counted twice. If anything changed in between, it is done again.
-//! - At start-up there is no history, so the staleness rules of DESIGN.md decide from the
-//!   zxids: the lowest child created after the data was written means the writer's child is
-//!   gone (stale); no child added or removed since the write means fresh; otherwise the
-//!   data is trusted (a child's `czxid` says when it queued, not when it won).
+//! - At start-up there is no history, so the staleness rules of
+//!   docs/failover.md#zookeeper-staleness decide from the zxids: the lowest child created
+//!   after the data was written means the writer's child is gone (stale); no child added or
+//!   removed since the write means fresh; otherwise the data is trusted (a child's `czxid`
+//!   says when it queued, not when it won).
 //! - One ZooKeeper session per endpoint and connection: when the connection drops the
 //!   session is given up (the proxy holds no ephemeral node, so nothing is lost) and
 //!   [`follow`] reads again on a new one, from the same endpoint first and then the others.
@@ -487,7 +488,7 @@ impl State {
 }
 
 /// `key` at start-up, without history: which child wrote the data, if it still holds the
-/// lock (DESIGN.md's rules, in that order).
+/// lock (the start-up rules of docs/failover.md#zookeeper-staleness, in that order).
 fn writer_at_start(lowest: &str, lowest_czxid: i64, node: &zk::Stat) -> Option<String> {
     if lowest_czxid > node.mzxid {
         // The lowest child queued after the write: the writer's child is gone.

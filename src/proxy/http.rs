@@ -71,7 +71,7 @@ impl DockerApi {
         connect_timeout: Duration,
         upstream_tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
-        let swarm = hold.router().source() == crate::discovery::Scheme::Swarm.as_str();
+        let swarm = hold.router().source() == crate::discovery::Scheme::Swarm;
         Self {
             hold,
             metrics,
@@ -82,8 +82,9 @@ impl DockerApi {
     }
 }
 
-/// The methods DESIGN.md calls idempotent: only these are ever sent twice after being
-/// written (PUT and DELETE are idempotent in HTTP but not in what Docker does with them).
+/// The methods docs/failover.md#retries calls idempotent: only these are ever sent twice
+/// after being written (PUT and DELETE are idempotent in HTTP but not in what Docker does
+/// with them).
 fn may_resend(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
