@@ -12,7 +12,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::discovery::{LeaderAddr, LeaderEvent};
+use crate::discovery::{LeaderAddr, LeaderEvent, Scheme};
 use crate::metrics::Metrics;
 
 /// What the proxy believes about the election.
@@ -27,6 +27,8 @@ pub enum State {
 }
 
 impl State {
+    const NAMES: [&'static str; 3] = ["leader", "no_leader", "degraded"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Leader => "leader",
@@ -63,12 +65,13 @@ pub struct Router {
     current: ArcSwap<Snapshot>,
     generation: watch::Sender<u64>,
     metrics: Arc<Metrics>,
-    source: &'static str,
+    source: Scheme,
 }
 
 impl Router {
-    /// A router with no leader yet; `source` is the discovery scheme shown by `/leader`.
-    pub fn new(source: &'static str, metrics: Arc<Metrics>) -> Self {
+    /// A router with no leader yet; `source` is the discovery scheme (shown by `/leader`;
+    /// swarm mode's managers answer 503 while Raft elects, which the request path holds).
+    pub fn new(source: Scheme, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         let snapshot = Snapshot {
             leader: None,
@@ -78,7 +81,7 @@ impl Router {
             changes: 0,
             generation: 0,
         };
-        metrics.set_state(State::NoLeader);
+        metrics.set_state(State::NoLeader.as_str(), &State::NAMES);
         Self {
             current: ArcSwap::from_pointee(snapshot),
             generation: watch::channel(0).0,
@@ -93,7 +96,7 @@ impl Router {
         self.current.load()
     }
 
-    pub fn source(&self) -> &'static str {
+    pub fn source(&self) -> Scheme {
         self.source
     }
 
@@ -193,8 +196,8 @@ impl Router {
                 None => info!("No leader: the election is open; holding requests"),
             }
             self.metrics.set_leader(
-                old.leader.as_ref().map(|u| &u.name),
-                leader.as_ref().map(|u| &u.name),
+                old.leader.as_ref().map(|u| u.name.to_string()).as_deref(),
+                leader.as_ref().map(|u| u.name.to_string()).as_deref(),
             );
         }
         self.store(Snapshot {
@@ -210,7 +213,7 @@ impl Router {
     fn store(&self, snapshot: Snapshot) {
         let (generation, state) = (snapshot.generation, snapshot.state);
         self.current.store(Arc::new(snapshot));
-        self.metrics.set_state(state);
+        self.metrics.set_state(state.as_str(), &State::NAMES);
         self.generation.send_replace(generation);
     }
 }
@@ -236,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_the_last_leader_through_outages_and_garbage() {
-        let router = Router::new("etcd", Arc::new(Metrics::new()));
+        let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
         assert!(router.current().leader.is_none());
         router.apply(leader("127.0.0.1:1001")).await;
         let first = router.current().generation;
@@ -261,7 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_read_after_an_outage_ends_the_outage() {
-        let router = Router::new("etcd", Arc::new(Metrics::new()));
+        let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
         router.apply(leader("127.0.0.1:1001")).await;
         router.apply(LeaderEvent::Degraded("down".into())).await;
         router
@@ -281,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_held_requests_on_change() {
-        let router = Arc::new(Router::new("etcd", Arc::new(Metrics::new())));
+        let router = Arc::new(Router::new(Scheme::Etcd, Arc::new(Metrics::new())));
         let waiter = {
             let router = router.clone();
             tokio::spawn(async move {

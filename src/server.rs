@@ -56,10 +56,7 @@ pub async fn run_with(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let metrics = Arc::new(Metrics::new());
-    let router = Arc::new(Router::new(
-        settings.discovery.scheme().as_str(),
-        metrics.clone(),
-    ));
+    let router = Arc::new(Router::new(settings.discovery.scheme(), metrics.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(64);
     tokio::spawn(source.run(events_tx));

@@ -168,7 +168,10 @@ mod tests {
     }
 
     async fn router_on(addr: &str) -> Arc<Router> {
-        let router = Arc::new(Router::new("etcd", Arc::new(Metrics::new())));
+        let router = Arc::new(Router::new(
+            crate::discovery::Scheme::Etcd,
+            Arc::new(Metrics::new()),
+        ));
         router.apply(leader(addr)).await;
         router
     }

@@ -185,7 +185,7 @@ mod tests {
 
     fn hold(timeout_ms: u64, max_held: usize) -> Arc<Hold> {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         Arc::new(Hold::new(
             router,
             metrics,

@@ -278,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn relays_half_close_and_counts_bytes() {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         let up = echo_server().await;
         router
             .apply(LeaderEvent::Leader(
@@ -307,7 +307,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_leader_the_connection_waits_then_closes() {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         let l4 = proxy(&router, &metrics, 100);
         let (mut client, server) = tokio::io::duplex(1024);
         let started = Instant::now();
@@ -343,7 +343,7 @@ mod tests {
     #[tokio::test]
     async fn close_policy_ends_the_connection_at_a_change() {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         let (a, b) = (echo_server().await, echo_server().await);
         router
             .apply(LeaderEvent::Leader(
