@@ -4,19 +4,12 @@
 //! its store's election into a stream of events and never touches the proxy; the proxy
 //! never knows which store is in use.
 
+mod announce;
 pub mod backoff;
-pub mod consul;
-pub mod etcd2;
-pub mod etcd3;
-mod follow;
-mod http_store;
-mod probe;
-pub mod static_probe;
-pub(crate) mod store_tls;
-pub mod swarm_mode;
+mod manager;
+mod store;
 pub mod url;
 pub mod value;
-pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +20,14 @@ use tokio::sync::mpsc;
 
 use crate::tls::UpstreamTls;
 
+use self::store::Followed;
 pub use self::url::{DiscoveryUrl, Scheme};
 pub use self::value::{LeaderAddr, ValueError};
+
+/// How long a store or a manager may take to answer once connected. A quorum read on a
+/// healthy cluster takes milliseconds; one that loses its quorum never answers, and must
+/// count as an outage.
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a backend saw happen to the election.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,11 +95,13 @@ pub enum SourceError {
 /// Builds the backend for `config.url`'s scheme.
 pub fn source_for(config: SourceConfig) -> Result<Box<dyn LeaderSource>, SourceError> {
     match config.url.scheme() {
-        Scheme::Etcd => Ok(Box::new(etcd2::Etcd2Source::new(config)?)),
-        Scheme::EtcdV3 => Ok(Box::new(etcd3::Etcd3Source::new(config)?)),
-        Scheme::Consul => Ok(Box::new(consul::ConsulSource::new(config)?)),
-        Scheme::Zk => Ok(Box::new(zookeeper::ZkSource::new(config)?)),
-        Scheme::Swarm => Ok(Box::new(swarm_mode::SwarmSource::new(config)?)),
-        Scheme::Static => Ok(Box::new(static_probe::StaticSource::new(config)?)),
+        Scheme::Etcd => Ok(Box::new(Followed(store::etcd2::Etcd2Source::new(config)?))),
+        Scheme::EtcdV3 => Ok(Box::new(Followed(store::etcd3::Etcd3Source::new(config)?))),
+        Scheme::Consul => Ok(Box::new(Followed(store::consul::ConsulSource::new(
+            config,
+        )?))),
+        Scheme::Zk => Ok(Box::new(Followed(store::zookeeper::ZkSource::new(config)?))),
+        Scheme::Swarm => Ok(Box::new(manager::swarm::SwarmSource::new(config)?)),
+        Scheme::Static => Ok(Box::new(manager::static_probe::StaticSource::new(config)?)),
     }
 }

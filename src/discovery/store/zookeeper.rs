@@ -56,12 +56,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tracing::debug;
 use zookeeper_client as zk;
 
-use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
-use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
+use super::{Link, Session, Stop};
+use crate::discovery::REPLY_TIMEOUT;
+use crate::discovery::{Election, SourceConfig, SourceError};
 
 /// The session timeout asked for. The proxy gives a session up as soon as its connection
 /// drops, so this only says how long the server keeps an abandoned one; ZooKeeper clamps it
@@ -320,6 +320,12 @@ impl ZkSource {
 
 #[async_trait]
 impl Session for ZkSource {
+    const STORE: &'static str = "zookeeper";
+
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
         let result: Result<Infallible, Stop> = async {
             let client = self.connect(endpoint).await?;
@@ -346,14 +352,6 @@ impl Session for ZkSource {
             Ok(never) => match never {},
             Err(stop) => stop,
         }
-    }
-}
-
-#[async_trait]
-impl LeaderSource for ZkSource {
-    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
-        let hosts = self.hosts.clone();
-        follow(&*self, "zookeeper", &hosts, &events).await;
     }
 }
 
