@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod keepalive;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

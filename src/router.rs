@@ -46,10 +46,22 @@ pub struct Upstream {
     pub socket: SocketAddr,
 }
 
+impl Upstream {
+    /// The name the manager's TLS certificate must carry: the host as the election wrote it
+    /// (an IP literal or a DNS name), else the IP that was dialled.
+    pub fn tls_name(&self) -> String {
+        match self.name.host() {
+            "" => self.socket.ip().to_string(),
+            host => host.to_string(),
+        }
+    }
+}
+
 /// One immutable view of the election; replaced whole on every change.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    pub leader: Option<Upstream>,
+    /// Shared, so a request takes the whole upstream with one reference count.
+    pub leader: Option<Arc<Upstream>>,
     pub state: State,
     /// When `state` began (wall clock, for `/leader`).
     pub since: SystemTime,
@@ -134,7 +146,7 @@ impl Router {
     pub async fn apply(&self, event: LeaderEvent) {
         match event {
             LeaderEvent::Leader(name) => match resolve(&name).await {
-                Ok(socket) => self.adopt(Some(Upstream { name, socket }), State::Leader),
+                Ok(socket) => self.adopt(Some(Arc::new(Upstream { name, socket })), State::Leader),
                 Err(reason) => self.reject(name.to_string(), &reason),
             },
             LeaderEvent::NoLeader => self.adopt(None, State::NoLeader),
@@ -174,7 +186,7 @@ impl Router {
         warn!(value = ?shown, %reason, "ignoring invalid leader value; keeping the last leader");
     }
 
-    fn adopt(&self, leader: Option<Upstream>, state: State) {
+    fn adopt(&self, leader: Option<Arc<Upstream>>, state: State) {
         let old = self.current();
         if old.leader == leader && old.state == state {
             return;

@@ -58,7 +58,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::ClientTls;
-use crate::router::Router;
 
 /// The only application protocol the proxy speaks on either side: dockerd offers `h2` too,
 /// and a client or manager that picked it would not be understood.
@@ -307,22 +306,10 @@ fn upstream_material(dir: &Path, generation: u64) -> Result<UpstreamMaterial, Tl
     })
 }
 
-/// The name a manager's certificate is checked against: the host of the leader value when
-/// `addr` is the current leader (an IP literal or a DNS name, as the election wrote it),
-/// else the IP of `addr`.
-pub fn manager_name(router: &Router, addr: SocketAddr) -> String {
-    let snapshot = router.current();
-    match snapshot.leader.as_ref() {
-        Some(leader) if leader.socket == addr && !leader.name.host().is_empty() => {
-            leader.name.host().to_string()
-        }
-        _ => addr.ip().to_string(),
-    }
-}
-
-/// [`manager_name`] as rustls takes it.
-pub fn manager_server_name(router: &Router, addr: SocketAddr) -> ServerName<'static> {
-    ServerName::try_from(manager_name(router, addr))
+/// The name a manager's certificate is checked against, as rustls takes it: `name` (an IP
+/// literal or a DNS name), or the IP dialled if `name` is neither.
+pub fn server_name(name: &str, addr: SocketAddr) -> ServerName<'static> {
+    ServerName::try_from(name.to_string())
         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()))
 }
 

@@ -34,21 +34,11 @@ use super::drain::Drain;
 use super::hold::Hold;
 use crate::metrics::Metrics;
 
-/// TCP keepalive for both sockets of a relayed connection: the same probing as the L7 path
-/// (idle 30 s, then every 10 s, 3 tries), so a vanished peer ends the connection in about a
-/// minute instead of never.
-pub fn keepalive() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3)
-}
-
 /// Sets what every relayed TCP socket gets: no Nagle delay (interactive sessions) and
-/// keepalive probes.
+/// keepalive probes (crate::keepalive), so a vanished peer ends the connection.
 pub fn tune(tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive());
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&crate::keepalive::socket2());
 }
 
 /// The L4 proxy, shared by every listener in `--mode tcp`.
@@ -96,7 +86,7 @@ impl L4Proxy {
         let mut state = self.hold.start();
         let (mut upstream, addr) = loop {
             let addr = match self.hold.next_upstream(&mut state).await {
-                Ok(addr) => addr,
+                Ok(upstream) => upstream.socket,
                 Err(e) => {
                     self.refused.inc();
                     info!(target: "access", %peer, error = %e,
