@@ -46,6 +46,7 @@ use crate::cli::{self, env_name, Cli, EnvKind};
 use crate::discovery::url::UrlError;
 pub use crate::discovery::Election;
 use crate::discovery::{DiscoveryUrl, Scheme, SourceConfig};
+use crate::proxy::drain::OnLeaderChange;
 
 /// What is parsed but not built yet: given (by flag, environment or file), each is refused
 /// with "… is not supported yet". Deleting an entry lets it through. (Everything is built
@@ -135,16 +136,6 @@ pub enum Mode {
     Http,
     /// L4 passthrough.
     Tcp,
-}
-
-/// `--on-leader-change`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnLeaderChange {
-    /// Connections to the old leader run on while it lives, up to `--drain-timeout`.
-    #[default]
-    Drain,
-    /// Connections to the old leader end at the change.
-    Close,
 }
 
 /// `--log-format`.
