@@ -44,31 +44,11 @@ use serde::Deserialize;
 
 use crate::cli::{self, env_name, Cli, EnvKind};
 use crate::discovery::url::UrlError;
-pub use crate::discovery::Election;
-use crate::discovery::{DiscoveryUrl, Scheme, SourceConfig};
+use crate::discovery::{DiscoveryUrl, Election, Scheme, SourceConfig};
 use crate::proxy::drain::OnLeaderChange;
-
-/// What is parsed but not built yet: given (by flag, environment or file), each is refused
-/// with "… is not supported yet". Deleting an entry lets it through. (Everything is built
-/// now; the mechanism stays for what comes next.)
-const NOT_YET_SUPPORTED: &[&str] = &[];
-
-/// The DISCOVERY schemes that have a backend.
-const SUPPORTED_SCHEMES: &[Scheme] = &[
-    Scheme::Etcd,
-    Scheme::EtcdV3,
-    Scheme::Zk,
-    Scheme::Consul,
-    Scheme::Swarm,
-    Scheme::Static,
-];
 
 /// The schemes `--election contenders` works with.
 const CONTENDER_SCHEMES: &[Scheme] = &[Scheme::EtcdV3, Scheme::Zk];
-
-fn supported(feature: &str) -> bool {
-    !NOT_YET_SUPPORTED.contains(&feature)
-}
 
 /// The defaults of DESIGN.md's table.
 pub mod defaults {
@@ -263,14 +243,6 @@ pub enum ConfigError {
     MissingDiscovery,
     #[error("invalid DISCOVERY {value:?} (also LEADER_PROXY_DISCOVERY / discovery): {reason}")]
     Discovery { value: String, reason: UrlError },
-    #[error(
-        "the {scheme}:// discovery scheme is not supported yet (supported: {supported})",
-        supported = supported_schemes()
-    )]
-    SchemeNotSupported { scheme: &'static str },
-    /// One of [`NOT_YET_SUPPORTED`] was given.
-    #[error("{0} is not supported yet")]
-    NotYetSupported(String),
     /// A value that does not parse; `long` is the flag without `--`.
     #[error("invalid value {value:?} for --{long} (also {} / {long}): {expected}", env_name(.long))]
     Invalid {
@@ -318,18 +290,10 @@ impl ConfigError {
             ConfigError::Clap(err) => err.exit(),
             other => {
                 eprintln!("leader-proxy: {other}");
-                std::process::exit(2)
+                std::process::exit(other.exit_code())
             }
         }
     }
-}
-
-fn supported_schemes() -> String {
-    SUPPORTED_SCHEMES
-        .iter()
-        .map(|s| format!("{}://", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn invalid(long: &str, value: &str, expected: impl Into<String>) -> ConfigError {
@@ -664,38 +628,11 @@ fn opt_map(
 
 /// Checks the layered values and fills in the defaults.
 fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Settings, ConfigError> {
-    // Options that are not built yet, refused whenever given (value or not).
-    let given: [(&str, bool); 10] = [
-        ("socket-mode", cli.socket_mode.is_some()),
-        ("socket-group", cli.socket_group.is_some()),
-        ("on-leader-change", cli.on_leader_change.is_some()),
-        ("drain-timeout", cli.drain_timeout.is_some()),
-        ("probe-interval", cli.probe_interval.is_some()),
-        ("tlscert", cli.tlscert.is_some()),
-        ("tlskey", cli.tlskey.is_some()),
-        ("tlscacert", cli.tlscacert.is_some()),
-        ("tlsverify", cli.tlsverify.is_some()),
-        ("upstream-cert-path", cli.upstream_cert_path.is_some()),
-    ];
-    for (long, is_given) in given {
-        if is_given && !supported(&format!("--{long}")) {
-            return Err(ConfigError::NotYetSupported(format!(
-                "--{long} (also {} / {long})",
-                env_name(long)
-            )));
-        }
-    }
-
     let raw = cli.discovery.ok_or(ConfigError::MissingDiscovery)?;
     let discovery = DiscoveryUrl::parse(raw.trim()).map_err(|reason| ConfigError::Discovery {
         value: raw.clone(),
         reason,
     })?;
-    if !SUPPORTED_SCHEMES.contains(&discovery.scheme()) {
-        return Err(ConfigError::SchemeNotSupported {
-            scheme: discovery.scheme().as_str(),
-        });
-    }
 
     let mode = one_of(
         "mode",
@@ -703,9 +640,6 @@ fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Setting
         &[("http", Mode::Http), ("tcp", Mode::Tcp)],
         Mode::Http,
     )?;
-    if mode == Mode::Tcp && !supported("--mode tcp") {
-        return Err(ConfigError::NotYetSupported("--mode tcp".to_string()));
-    }
 
     let listen = if cli.listen.is_empty() {
         vec![ListenAddr::parse(defaults::LISTEN)
@@ -727,16 +661,6 @@ fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Setting
             })
             .collect::<Result<Vec<_>, _>>()?
     };
-    for addr in &listen {
-        if let ListenAddr::Unix(path) = addr {
-            if !supported("--listen unix://") {
-                return Err(ConfigError::NotYetSupported(format!(
-                    "--listen unix://{} (unix socket listeners)",
-                    path.display()
-                )));
-            }
-        }
-    }
 
     let socket_mode = match cli.socket_mode {
         None => defaults::SOCKET_MODE,
@@ -1015,17 +939,16 @@ fn tls_file_error(e: crate::tls::TlsError) -> ConfigError {
 }
 
 fn open_listener_message(addr: &ListenAddr, mode: Mode) -> String {
-    let mut fixes = vec!["listen on a loopback address (127.0.0.1:PORT)".to_string()];
-    if supported("--listen unix://") {
-        fixes.push("on a unix socket (unix:///PATH)".to_string());
-    }
-    if supported("--tlsverify") && mode == Mode::Http {
-        fixes.push("require client certificates with --tlsverify".to_string());
+    let mut fixes = vec![
+        "listen on a loopback address (127.0.0.1:PORT)",
+        "on a unix socket (unix:///PATH)",
+    ];
+    if mode == Mode::Http {
+        fixes.push("require client certificates with --tlsverify");
     }
     fixes.push(
         "pass --insecure-bind if something else (a firewall, TLS enforced by the managers) \
-         already protects this port"
-            .to_string(),
+         already protects this port",
     );
     let why = match mode {
         Mode::Http => "clients are not required to present certificates (--tlsverify)",
@@ -1522,7 +1445,6 @@ mod tests {
                  probe-interval): must be more than 0"
             );
         }
-        assert!(supported_schemes().ends_with("swarm://, static://"));
     }
 
     #[test]
