@@ -19,8 +19,11 @@
 //! - `--insecure-bind` and `--tlsverify` take `1/0`, `true/false`, `yes/no`, `on/off` in
 //!   their variables (and as `--insecure-bind=false` on the command line, to override a file).
 
+use std::any::TypeId;
+
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, Parser};
+use serde::Deserialize;
 
 /// Prefix of every environment variable.
 pub const ENV_PREFIX: &str = "LEADER_PROXY_";
@@ -65,7 +68,8 @@ which beats the defaults.
 Durations are written like 500ms, 30s, 5m.";
 
 /// `leader-proxy [OPTIONS] <DISCOVERY>`; see the module docs for how the values are layered.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Parser, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     name = "leader-proxy",
     version,
@@ -90,6 +94,7 @@ pub struct Cli {
         env = "LEADER_PROXY_LISTEN",
         help_heading = "Listening"
     )]
+    #[serde(deserialize_with = "crate::config::file_listen")]
     pub listen: Vec<String>,
 
     /// Permissions of unix listeners, in octal. [default: 0660]
@@ -163,6 +168,7 @@ pub struct Cli {
         hide_env_values = true,
         help_heading = "Election"
     )]
+    #[serde(deserialize_with = "crate::config::file_discovery_opt")]
     pub discovery_opt: Vec<String>,
 
     /// How often swarm:// and static:// managers are polled. [default: 500ms]
@@ -192,6 +198,7 @@ pub struct Cli {
         env = "LEADER_PROXY_MAX_HELD",
         help_heading = "Proxying"
     )]
+    #[serde(deserialize_with = "crate::config::file_max_held")]
     pub max_held: Option<String>,
 
     /// Timeout for dialling a manager. [default: 2s]
@@ -318,49 +325,10 @@ pub struct Cli {
         env = "LEADER_PROXY_CONFIG",
         help_heading = "Operations"
     )]
+    // Only the flags and the environment name the file: a file naming another is refused
+    // as an unknown key.
+    #[serde(skip)]
     pub config: Option<String>,
-}
-
-impl Cli {
-    /// `self`, with what `self` does not set taken from `lower` (a lower-precedence source).
-    /// A list is taken whole: `--listen` given as a flag replaces the file's `listen`.
-    /// (`discovery_opt` is merged per key by [`crate::config`], not here.)
-    pub fn or(self, lower: Cli) -> Cli {
-        fn list(high: Vec<String>, low: Vec<String>) -> Vec<String> {
-            if high.is_empty() {
-                low
-            } else {
-                high
-            }
-        }
-        Cli {
-            discovery: self.discovery.or(lower.discovery),
-            listen: list(self.listen, lower.listen),
-            socket_mode: self.socket_mode.or(lower.socket_mode),
-            socket_group: self.socket_group.or(lower.socket_group),
-            mode: self.mode.or(lower.mode),
-            insecure_bind: self.insecure_bind.or(lower.insecure_bind),
-            leader_key: self.leader_key.or(lower.leader_key),
-            election: self.election.or(lower.election),
-            discovery_opt: list(self.discovery_opt, lower.discovery_opt),
-            probe_interval: self.probe_interval.or(lower.probe_interval),
-            hold_timeout: self.hold_timeout.or(lower.hold_timeout),
-            max_held: self.max_held.or(lower.max_held),
-            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
-            on_leader_change: self.on_leader_change.or(lower.on_leader_change),
-            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
-            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
-            tlscert: self.tlscert.or(lower.tlscert),
-            tlskey: self.tlskey.or(lower.tlskey),
-            tlscacert: self.tlscacert.or(lower.tlscacert),
-            tlsverify: self.tlsverify.or(lower.tlsverify),
-            upstream_cert_path: self.upstream_cert_path.or(lower.upstream_cert_path),
-            admin: self.admin.or(lower.admin),
-            log_level: self.log_level.or(lower.log_level),
-            log_format: self.log_format.or(lower.log_format),
-            config: self.config.or(lower.config),
-        }
-    }
 }
 
 /// The environment variable of a long flag: `hold-timeout` → `LEADER_PROXY_HOLD_TIMEOUT`.
@@ -393,8 +361,7 @@ pub fn env_vars() -> Vec<(Option<String>, String, EnvKind)> {
             let var = arg.get_env()?.to_string_lossy().into_owned();
             let kind = if arg.is_positional() {
                 EnvKind::Positional
-            } else if arg.is_require_equals_set() {
-                // Only the boolean flags take `=VALUE` (`--insecure-bind[=BOOL]`).
+            } else if arg.get_value_parser().type_id() == TypeId::of::<bool>() {
                 EnvKind::Bool
             } else if matches!(arg.get_action(), ArgAction::Append) {
                 EnvKind::List

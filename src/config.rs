@@ -39,8 +39,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::FromArgMatches;
-use serde::Deserialize;
+use clap::{ArgMatches, FromArgMatches};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use crate::cli::{self, env_name, Cli, EnvKind};
 use crate::discovery::url::UrlError;
@@ -304,60 +305,53 @@ fn invalid(long: &str, value: &str, expected: impl Into<String>) -> ConfigError 
     }
 }
 
-/// Parses the command line only (no environment, no file). `--help`, `--version` and what
-/// clap refuses come back as [`ConfigError::Clap`].
-pub fn parse_args<I, T>(args: I) -> Result<Cli, ConfigError>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let matches = cli::command().try_get_matches_from(args)?;
-    Ok(Cli::from_arg_matches(&matches)?)
-}
-
-/// The command line `cli` layered over the process environment, the `--config` file and
-/// the defaults.
-pub fn load(cli: Cli) -> Result<Settings, ConfigError> {
-    load_with_env(cli, &process_env()?)
-}
-
-/// What `main` calls: [`parse_args`] then [`load`]. On `Err(e)`, `e.exit()`.
+/// What `main` calls: the command line layered over the process environment, the `--config`
+/// file and the defaults. On `Err(e)`, `e.exit()`.
 pub fn load_from_args<I, T>(args: I) -> Result<Settings, ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    load(parse_args(args)?)
+    load_from(args, &process_env()?)
 }
 
-/// [`load_from_args`] with the environment given as a map instead of read from the process
-/// (tests).
+/// [`load_from_args`] with the environment given as a map instead of read from the process,
+/// so that tests never race on the process environment.
 pub fn load_from<I, T>(args: I, env: &HashMap<String, String>) -> Result<Settings, ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    load_with_env(parse_args(args)?, env)
-}
-
-/// The command line `cli` layered over the environment `env`, the file and the defaults.
-pub fn load_with_env(cli: Cli, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
-    let env_cli = env_layer(env)?;
-    let flag_opts = opt_pairs(&cli.discovery_opt, "on the command line")?;
+    let flags = cli::command().try_get_matches_from(args)?;
+    let env = env_layer(env)?;
+    let flag_opts = opt_pairs(
+        &Cli::from_arg_matches(&flags)?.discovery_opt,
+        "on the command line",
+    )?;
     let env_opts = opt_pairs(
-        &env_cli.discovery_opt,
+        &Cli::from_arg_matches(&env)?.discovery_opt,
         "in LEADER_PROXY_DISCOVERY_OPT (a comma separates its entries: give a value with \
          a comma with --discovery-opt or in the --config file)",
     )?;
-    let merged = cli.or(env_cli);
-    let (file_cli, file_opts) = match &merged.config {
+    let config = layered(Cli::default(), [&env, &flags])?.config;
+    let (file, file_opts) = match &config {
         Some(path) => file_layer(Path::new(path))?,
         None => (Cli::default(), BTreeMap::new()),
     };
     let mut opts = file_opts;
     opts.extend(env_opts);
     opts.extend(flag_opts);
-    resolve(merged.or(file_cli), opts)
+    resolve(layered(file, [&env, &flags])?, opts)
+}
+
+/// `base` with `layers` laid over it, lowest first: an option a layer gives replaces what is
+/// below it (a list whole), one it does not give is kept. clap's generated updater does the
+/// per-field work, so a new flag needs no code here.
+fn layered(mut base: Cli, layers: [&ArgMatches; 2]) -> Result<Cli, ConfigError> {
+    for layer in layers {
+        base.update_from_arg_matches(layer)?;
+    }
+    Ok(base)
 }
 
 /// The `LEADER_PROXY_*` variables of the process.
@@ -377,9 +371,9 @@ fn process_env() -> Result<HashMap<String, String>, ConfigError> {
     Ok(env)
 }
 
-/// The environment as a [`Cli`]: each variable becomes the flag it stands for, parsed by
-/// the same command as the command line.
-fn env_layer(env: &HashMap<String, String>) -> Result<Cli, ConfigError> {
+/// The environment as the matches of a command line: each variable becomes the flag it
+/// stands for, parsed by the same command as the command line.
+fn env_layer(env: &HashMap<String, String>) -> Result<ArgMatches, ConfigError> {
     let mut argv = vec!["leader-proxy".to_string()];
     let mut discovery = None;
     for (long, var, kind) in cli::env_vars() {
@@ -414,13 +408,12 @@ fn env_layer(env: &HashMap<String, String>) -> Result<Cli, ConfigError> {
         argv.push("--".to_string());
         argv.push(discovery);
     }
-    let matches = cli::command()
+    cli::command()
         .try_get_matches_from(argv)
         .map_err(|err| ConfigError::Env {
             var: cli::ENV_PREFIX.to_string() + "*",
             message: err.kind().to_string(),
-        })?;
-    Ok(Cli::from_arg_matches(&matches)?)
+        })
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -429,38 +422,6 @@ fn parse_bool(value: &str) -> Option<bool> {
         "0" | "false" | "no" | "off" | "n" | "f" => Some(false),
         _ => None,
     }
-}
-
-/// The `--config` file, keys = long flag names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    discovery: Option<String>,
-    /// One address or a list.
-    listen: Option<toml::Value>,
-    socket_mode: Option<String>,
-    socket_group: Option<String>,
-    mode: Option<String>,
-    insecure_bind: Option<bool>,
-    leader_key: Option<String>,
-    election: Option<String>,
-    discovery_opt: Option<toml::Value>,
-    probe_interval: Option<String>,
-    hold_timeout: Option<String>,
-    /// A number (or a string holding one).
-    max_held: Option<toml::Value>,
-    connect_timeout: Option<String>,
-    on_leader_change: Option<String>,
-    drain_timeout: Option<String>,
-    shutdown_grace: Option<String>,
-    tlscert: Option<String>,
-    tlskey: Option<String>,
-    tlscacert: Option<String>,
-    tlsverify: Option<bool>,
-    upstream_cert_path: Option<String>,
-    admin: Option<String>,
-    log_level: Option<String>,
-    log_format: Option<String>,
 }
 
 /// Reads and parses the `--config` file.
@@ -475,77 +436,70 @@ fn file_layer(path: &Path) -> Result<(Cli, BTreeMap<String, String>), ConfigErro
     })
 }
 
+/// The text of a config file as a [`Cli`] and its `discovery-opt` entries. The keys are the
+/// fields of [`Cli`] itself (serde, kebab-case), so a flag is a file key with no code here.
+fn parse_file(text: &str) -> Result<(Cli, BTreeMap<String, String>), String> {
+    let file: Cli = toml::from_str(text).map_err(|err| err.to_string())?;
+    let opts =
+        opt_pairs(&file.discovery_opt, "in the --config file").map_err(|err| err.to_string())?;
+    Ok((file, opts))
+}
+
 const LISTEN_SHAPE: &str =
     "listen must be an address string or a list of them, like listen = [\"127.0.0.1:2375\"]";
 
-/// The text of a config file as a [`Cli`] and its `discovery-opt` entries.
-fn parse_file(text: &str) -> Result<(Cli, BTreeMap<String, String>), String> {
-    let file: FileConfig = toml::from_str(text).map_err(|err| err.to_string())?;
-    let mut pairs = Vec::new();
-    if let Some(value) = &file.discovery_opt {
-        file_opts(value, "", &mut pairs)?;
+/// `listen` in the file: one address or a list of them.
+pub(crate) fn file_listen<'de, D: Deserializer<'de>>(file: D) -> Result<Vec<String>, D::Error> {
+    match toml::Value::deserialize(file)? {
+        toml::Value::String(one) => Ok(vec![one]),
+        toml::Value::Array(many) => many
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::String(s) => Ok(s),
+                _ => Err(D::Error::custom(LISTEN_SHAPE)),
+            })
+            .collect(),
+        _ => Err(D::Error::custom(LISTEN_SHAPE)),
     }
-    let opts = opt_map(pairs, "in the --config file").map_err(|err| err.to_string())?;
-    let cli = Cli {
-        discovery: file.discovery,
-        listen: match file.listen {
-            None => Vec::new(),
-            Some(toml::Value::String(one)) => vec![one],
-            Some(toml::Value::Array(many)) => many
-                .into_iter()
-                .map(|item| match item {
-                    toml::Value::String(s) => Ok(s),
-                    _ => Err(()),
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|()| LISTEN_SHAPE.to_string())?,
-            Some(_) => return Err(LISTEN_SHAPE.to_string()),
-        },
-        socket_mode: file.socket_mode,
-        socket_group: file.socket_group,
-        mode: file.mode,
-        insecure_bind: file.insecure_bind,
-        leader_key: file.leader_key,
-        election: file.election,
-        discovery_opt: Vec::new(),
-        probe_interval: file.probe_interval,
-        hold_timeout: file.hold_timeout,
-        max_held: match file.max_held {
-            None => None,
-            Some(toml::Value::Integer(n)) => Some(n.to_string()),
-            Some(toml::Value::String(s)) => Some(s),
-            Some(other) => Some(other.to_string()),
-        },
-        connect_timeout: file.connect_timeout,
-        on_leader_change: file.on_leader_change,
-        drain_timeout: file.drain_timeout,
-        shutdown_grace: file.shutdown_grace,
-        tlscert: file.tlscert,
-        tlskey: file.tlskey,
-        tlscacert: file.tlscacert,
-        tlsverify: file.tlsverify,
-        upstream_cert_path: file.upstream_cert_path,
-        admin: file.admin,
-        log_level: file.log_level,
-        log_format: file.log_format,
-        config: None,
-    };
-    Ok((cli, opts))
 }
 
-/// `discovery-opt` in a file: a list of `K=V` strings, or a table whose (dotted) keys are
-/// joined with `.`.
-fn file_opts(
-    value: &toml::Value,
-    prefix: &str,
-    out: &mut Vec<(String, String)>,
-) -> Result<(), String> {
+/// `max-held` in the file: a TOML number, or a string holding one, kept as text so that
+/// [`resolve`] checks it the way it checks the flag.
+pub(crate) fn file_max_held<'de, D: Deserializer<'de>>(
+    file: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(Some(match toml::Value::deserialize(file)? {
+        toml::Value::String(text) => text,
+        number => number.to_string(),
+    }))
+}
+
+/// `discovery-opt` in the file: the flag's `K=V` entries, or a table of `K = "V"` whose
+/// dotted keys (`kv.username = …`, which TOML nests) are joined back with `.`.
+pub(crate) fn file_discovery_opt<'de, D: Deserializer<'de>>(
+    file: D,
+) -> Result<Vec<String>, D::Error> {
+    let mut entries = Vec::new();
+    file_opts(&toml::Value::deserialize(file)?, "", &mut entries).map_err(D::Error::custom)?;
+    Ok(entries)
+}
+
+/// The entries of a `discovery-opt` value, as `K=V`; `prefix` is the key of the table
+/// `value` is in.
+fn file_opts(value: &toml::Value, prefix: &str, out: &mut Vec<String>) -> Result<(), String> {
     const SHAPE: &str = "discovery-opt must be a list of \"K=V\" strings or a table of K = \"V\"";
+    let entry = |value: String| {
+        if prefix.contains('=') {
+            // It would be split at that `=`, into another key.
+            Err(format!("discovery-opt {prefix:?}: a key cannot hold ="))
+        } else {
+            Ok(format!("{prefix}={value}"))
+        }
+    };
     match value {
         toml::Value::Array(items) if prefix.is_empty() => {
             for item in items {
-                let entry = item.as_str().ok_or_else(|| SHAPE.to_string())?;
-                out.push(split_opt(entry).map_err(|err| err.to_string())?);
+                out.push(item.as_str().ok_or(SHAPE)?.to_string());
             }
         }
         toml::Value::Table(table) => {
@@ -558,17 +512,11 @@ fn file_opts(
                 file_opts(value, &key, out)?;
             }
         }
-        toml::Value::String(s) if !prefix.is_empty() => out.push((prefix.to_string(), s.clone())),
-        toml::Value::Integer(n) if !prefix.is_empty() => {
-            out.push((prefix.to_string(), n.to_string()))
-        }
-        toml::Value::Boolean(b) if !prefix.is_empty() => {
-            out.push((prefix.to_string(), b.to_string()))
-        }
-        _ if !prefix.is_empty() => {
-            return Err(format!("discovery-opt {prefix}: expected a string value"))
-        }
-        _ => return Err(SHAPE.to_string()),
+        _ if prefix.is_empty() => return Err(SHAPE.to_string()),
+        toml::Value::String(s) => out.push(entry(s.clone())?),
+        toml::Value::Integer(n) => out.push(entry(n.to_string())?),
+        toml::Value::Boolean(b) => out.push(entry(b.to_string())?),
+        _ => return Err(format!("discovery-opt {prefix}: expected a string value")),
     }
     Ok(())
 }
