@@ -25,6 +25,8 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, Parser};
 use serde::Deserialize;
 
+use crate::config::Secret;
+
 /// Prefix of every environment variable.
 pub const ENV_PREFIX: &str = "LEADER_PROXY_";
 
@@ -169,7 +171,7 @@ pub struct Cli {
         help_heading = "Election"
     )]
     #[serde(deserialize_with = "crate::config::file_discovery_opt")]
-    pub discovery_opt: Vec<String>,
+    pub discovery_opt: Vec<Secret>,
 
     /// How often swarm:// and static:// managers are polled. [default: 500ms]
     #[arg(
@@ -442,7 +444,7 @@ mod tests {
             .try_get_matches_from(["leader-proxy", "--discovery-opt", "kv.password=a,b", "x"])
             .unwrap();
         let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
-        assert_eq!(cli.discovery_opt, ["kv.password=a,b"]);
+        assert_eq!(cli.discovery_opt[0].expose(), "kv.password=a,b");
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub struct ClientTls {
 }
 
 /// The fully resolved configuration.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub discovery: DiscoveryUrl,
     pub listen: Vec<ListenAddr>,
@@ -161,7 +161,9 @@ pub struct Settings {
     pub on_leader_change: OnLeaderChange,
     pub drain_timeout: Duration,
     pub shutdown_grace: Duration,
-    pub discovery_opts: BTreeMap<String, String>,
+    /// Every value is a [`Secret`]: which store options are credentials is the backends'
+    /// business, and a list of them kept here would go stale without a sound.
+    pub discovery_opts: BTreeMap<String, Secret>,
     /// `None` = `--admin off`.
     pub admin: Option<SocketAddr>,
     pub insecure_bind: bool,
@@ -184,7 +186,11 @@ impl Settings {
             url: self.discovery.clone(),
             leader_key: self.leader_key.clone(),
             election: self.election,
-            options: self.discovery_opts.clone(),
+            options: self
+                .discovery_opts
+                .iter()
+                .map(|(key, value)| (key.clone(), value.expose().to_string()))
+                .collect(),
             connect_timeout: self.connect_timeout,
             probe_interval: self.probe_interval,
             upstream_tls: None,
@@ -192,40 +198,34 @@ impl Settings {
     }
 }
 
-/// Secrets (`kv.password`, `kv.token`, `kv.auth`) are not printed.
-impl fmt::Debug for Settings {
+/// A value that must not be shown, like `kv.password`: `Debug` and `Display` print `***`, so
+/// that no Debug print or log line of the options or the settings can leak it.
+/// [`Secret::expose`] is the one way to the text, for the code that hands it to the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How clap and the file layer build one from the text given.
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opts: BTreeMap<&str, &str> = self
-            .discovery_opts
-            .iter()
-            .map(|(k, v)| {
-                let secret = ["password", "token", "auth"].iter().any(|s| k.contains(s));
-                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
-            })
-            .collect();
-        f.debug_struct("Settings")
-            .field("discovery", &format_args!("{}", self.discovery))
-            .field("listen", &self.listen)
-            .field("socket_mode", &format_args!("{:04o}", self.socket_mode))
-            .field("socket_group", &self.socket_group)
-            .field("mode", &self.mode)
-            .field("leader_key", &self.leader_key)
-            .field("election", &self.election)
-            .field("hold_timeout", &self.hold_timeout)
-            .field("max_held", &self.max_held)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("probe_interval", &self.probe_interval)
-            .field("on_leader_change", &self.on_leader_change)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("discovery_opts", &opts)
-            .field("admin", &self.admin)
-            .field("insecure_bind", &self.insecure_bind)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
-            .field("tls", &self.tls)
-            .field("upstream_cert_path", &self.upstream_cert_path)
-            .finish()
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -425,7 +425,7 @@ fn parse_bool(value: &str) -> Option<bool> {
 }
 
 /// Reads and parses the `--config` file.
-fn file_layer(path: &Path) -> Result<(Cli, BTreeMap<String, String>), ConfigError> {
+fn file_layer(path: &Path) -> Result<(Cli, BTreeMap<String, Secret>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_path_buf(),
         source,
@@ -438,7 +438,7 @@ fn file_layer(path: &Path) -> Result<(Cli, BTreeMap<String, String>), ConfigErro
 
 /// The text of a config file as a [`Cli`] and its `discovery-opt` entries. The keys are the
 /// fields of [`Cli`] itself (serde, kebab-case), so a flag is a file key with no code here.
-fn parse_file(text: &str) -> Result<(Cli, BTreeMap<String, String>), String> {
+fn parse_file(text: &str) -> Result<(Cli, BTreeMap<String, Secret>), String> {
     let file: Cli = toml::from_str(text).map_err(|err| err.to_string())?;
     let opts =
         opt_pairs(&file.discovery_opt, "in the --config file").map_err(|err| err.to_string())?;
@@ -478,7 +478,7 @@ pub(crate) fn file_max_held<'de, D: Deserializer<'de>>(
 /// dotted keys (`kv.username = …`, which TOML nests) are joined back with `.`.
 pub(crate) fn file_discovery_opt<'de, D: Deserializer<'de>>(
     file: D,
-) -> Result<Vec<String>, D::Error> {
+) -> Result<Vec<Secret>, D::Error> {
     let mut entries = Vec::new();
     file_opts(&toml::Value::deserialize(file)?, "", &mut entries).map_err(D::Error::custom)?;
     Ok(entries)
@@ -486,20 +486,20 @@ pub(crate) fn file_discovery_opt<'de, D: Deserializer<'de>>(
 
 /// The entries of a `discovery-opt` value, as `K=V`; `prefix` is the key of the table
 /// `value` is in.
-fn file_opts(value: &toml::Value, prefix: &str, out: &mut Vec<String>) -> Result<(), String> {
+fn file_opts(value: &toml::Value, prefix: &str, out: &mut Vec<Secret>) -> Result<(), String> {
     const SHAPE: &str = "discovery-opt must be a list of \"K=V\" strings or a table of K = \"V\"";
     let entry = |value: String| {
         if prefix.contains('=') {
             // It would be split at that `=`, into another key.
             Err(format!("discovery-opt {prefix:?}: a key cannot hold ="))
         } else {
-            Ok(format!("{prefix}={value}"))
+            Ok(Secret::from(format!("{prefix}={value}")))
         }
     };
     match value {
         toml::Value::Array(items) if prefix.is_empty() => {
             for item in items {
-                out.push(item.as_str().ok_or(SHAPE)?.to_string());
+                out.push(Secret::from(item.as_str().ok_or(SHAPE)?.to_string()));
             }
         }
         toml::Value::Table(table) => {
@@ -522,10 +522,10 @@ fn file_opts(value: &toml::Value, prefix: &str, out: &mut Vec<String>) -> Result
 }
 
 /// `K=V`.
-fn split_opt(entry: &str) -> Result<(String, String), ConfigError> {
+fn split_opt(entry: &str) -> Result<(String, Secret), ConfigError> {
     match entry.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_string(), value.to_string()))
+            Ok((key.trim().to_string(), Secret::from(value.to_string())))
         }
         _ => Err(invalid(
             "discovery-opt",
@@ -536,11 +536,11 @@ fn split_opt(entry: &str) -> Result<(String, String), ConfigError> {
 }
 
 /// `--discovery-opt` entries of one source, as a map; `origin` says which source.
-fn opt_pairs(entries: &[String], origin: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+fn opt_pairs(entries: &[Secret], origin: &str) -> Result<BTreeMap<String, Secret>, ConfigError> {
     let pairs = entries
         .iter()
         .map(|entry| {
-            split_opt(entry).map_err(|err| match err {
+            split_opt(entry.expose()).map_err(|err| match err {
                 ConfigError::Invalid {
                     long,
                     value,
@@ -558,9 +558,9 @@ fn opt_pairs(entries: &[String], origin: &str) -> Result<BTreeMap<String, String
 }
 
 fn opt_map(
-    pairs: Vec<(String, String)>,
+    pairs: Vec<(String, Secret)>,
     origin: &str,
-) -> Result<BTreeMap<String, String>, ConfigError> {
+) -> Result<BTreeMap<String, Secret>, ConfigError> {
     let mut map = BTreeMap::new();
     for (key, value) in pairs {
         if map.contains_key(&key) {
@@ -575,7 +575,7 @@ fn opt_map(
 }
 
 /// Checks the layered values and fills in the defaults.
-fn resolve(cli: Cli, discovery_opts: BTreeMap<String, String>) -> Result<Settings, ConfigError> {
+fn resolve(cli: Cli, discovery_opts: BTreeMap<String, Secret>) -> Result<Settings, ConfigError> {
     let raw = cli.discovery.ok_or(ConfigError::MissingDiscovery)?;
     let discovery = DiscoveryUrl::parse(raw.trim()).map_err(|reason| ConfigError::Discovery {
         value: raw.clone(),
@@ -1121,8 +1121,8 @@ mod tests {
         assert_eq!(s.max_held, 0);
         assert_eq!(s.connect_timeout, Duration::from_millis(250));
         assert_eq!(s.shutdown_grace, Duration::ZERO);
-        assert_eq!(s.discovery_opts["kv.username"], "swarm");
-        assert_eq!(s.discovery_opts["kv.password"], "a=b,c");
+        assert_eq!(s.discovery_opts["kv.username"].expose(), "swarm");
+        assert_eq!(s.discovery_opts["kv.password"].expose(), "a=b,c");
         assert_eq!(s.admin, None);
         assert_eq!(s.log_level, "info,leader_proxy=DEBUG");
         assert_eq!(s.log_format, LogFormat::Json);
@@ -1241,12 +1241,11 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(s.discovery_opts, expected);
         assert_eq!(s.source_config().options, expected);
 
         let f = file("discovery-opt = [\"kv.username=x\", \"kv.password=y=z\"]\n");
         let s = load(&["--config", path(&f), URL]).unwrap();
-        assert_eq!(s.discovery_opts["kv.password"], "y=z");
+        assert_eq!(s.discovery_opts["kv.password"].expose(), "y=z");
     }
 
     #[test]
@@ -1646,6 +1645,20 @@ mod tests {
         let e = err(&["--on-leader-change", "wait", URL]);
         assert!(e.contains("expected drain or close"), "{e}");
         assert!(err(&["--drain-timeout", "soon", URL]).contains("--drain-timeout"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::from("hunter2".to_string());
+        assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+        assert_eq!(secret.expose(), "hunter2");
+        let s = load(&["--discovery-opt", "kv.token=hunter2", URL]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+        let matches = cli::command()
+            .try_get_matches_from(["leader-proxy", "--discovery-opt", "kv.token=hunter2"])
+            .unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"), "{cli:?}");
     }
 
     #[test]
