@@ -10,7 +10,6 @@
 //! - [`admin`] and [`metrics`]: what operators and load balancers look at.
 
 pub mod admin;
-pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod keepalive;

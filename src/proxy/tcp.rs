@@ -219,8 +219,8 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Counted<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OnLeaderChange;
     use crate::discovery::{LeaderAddr, LeaderEvent};
+    use crate::proxy::drain::OnLeaderChange;
     use crate::router::Router;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
