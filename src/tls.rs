@@ -57,7 +57,18 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::ClientTls;
+/// TLS for clients (`--tlscert`, `--tlskey`, `--tlscacert`, `--tlsverify`), dockerd's model:
+/// on when a certificate and its key are given; `verify` (`--tlsverify`, which needs `ca`)
+/// requires every client to present a certificate signed by `ca`. Without `verify`, `ca` is
+/// not used (dockerd asks for no client certificate then either). The configuration fills
+/// it in; [`ServerTls::load`] reads the files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub verify: bool,
+}
 
 /// The only application protocol the proxy speaks on either side: dockerd offers `h2` too,
 /// and a client or manager that picked it would not be understood.
@@ -539,7 +550,7 @@ pub async fn accept(
 pub(crate) mod test_files {
     use std::path::PathBuf;
 
-    use crate::config::ClientTls;
+    use super::ClientTls;
 
     /// In a temp dir: `ca.pem`; `server.pem` + `server-key.pem` (for 127.0.0.1, signed by
     /// the CA); `cert.pem` + `key.pem` (a client certificate): the last three with `ca.pem`

@@ -50,6 +50,7 @@ pub use self::error::ConfigError;
 pub use self::secret::Secret;
 use crate::discovery::{DiscoveryUrl, Election, SourceConfig};
 use crate::proxy::drain::OnLeaderChange;
+pub use crate::tls::ClientTls;
 
 /// What `main` calls: the command line layered over the process environment, the `--config`
 /// file and the defaults. On `Err(e)`, `e.exit()`.
@@ -158,19 +159,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// TLS for clients (`--tlscert`, `--tlskey`, `--tlscacert`, `--tlsverify`), dockerd's model:
-/// on when a certificate and its key are given; `verify` (`--tlsverify`, which needs `ca`)
-/// requires every client to present a certificate signed by `ca`. Without `verify`, `ca` is
-/// not used (dockerd asks for no client certificate then either). The files are checked
-/// when the settings are resolved; [`crate::tls`] reads them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: Option<PathBuf>,
-    pub verify: bool,
 }
 
 /// The fully resolved configuration.

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use super::env::env_name;
 use super::error::{invalid, ConfigError};
-use super::{ClientTls, ListenAddr, Mode};
+use super::{ListenAddr, Mode};
 use crate::discovery::{DiscoveryUrl, Scheme};
+use crate::tls::ClientTls;
 
 /// Refuses a listener anyone else can reach unless its clients are verified or the operator
 /// said something else protects it (`--insecure-bind`). With `--tlsverify` every client shows
