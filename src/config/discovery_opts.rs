@@ -80,7 +80,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(s.source_config().options, expected);
+        assert_eq!(s.source_config(None).options, expected);
 
         let f = file("discovery-opt = [\"kv.username=x\", \"kv.password=y=z\"]\n");
         let s = load(&["--config", path(&f), URL]).unwrap();

@@ -75,6 +75,14 @@ impl ConfigError {
     }
 }
 
+/// A certificate file that cannot work is a bad value of its flag like any other: the TLS
+/// loader names the flag and the file, which is all [`ConfigError::Invalid`] needs.
+impl From<crate::tls::TlsError> for ConfigError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        invalid(e.long, &e.path.display().to_string(), e.reason)
+    }
+}
+
 /// A value of `--long` that does not parse, whichever source gave it.
 pub(super) fn invalid(long: &str, value: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {

@@ -34,13 +34,14 @@ mod policy;
 mod resolve;
 mod secret;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgMatches, FromArgMatches};
@@ -51,6 +52,7 @@ pub use self::secret::Secret;
 use crate::discovery::{DiscoveryUrl, Election, SourceConfig};
 use crate::proxy::drain::OnLeaderChange;
 pub use crate::tls::ClientTls;
+use crate::tls::UpstreamTls;
 
 /// What `main` calls: the command line layered over the process environment, the `--config`
 /// file and the defaults. On `Err(e)`, `e.exit()`.
@@ -202,7 +204,9 @@ impl Settings {
     /// What the discovery backend needs, but for `upstream_tls`: the files of
     /// `upstream_cert_path` are loaded once by whoever runs the proxy, which gives the same
     /// [`crate::tls::UpstreamTls`] to the proxy and to the probes (see `src/main.rs`).
-    pub fn source_config(&self) -> SourceConfig {
+    /// What the leader source needs; `upstream_tls` is the `--upstream-cert-path` instance
+    /// the proxy uses too, so one SIGHUP reloads it for the `swarm://`/`static://` probes.
+    pub fn source_config(&self, upstream_tls: Option<Arc<UpstreamTls>>) -> SourceConfig {
         SourceConfig {
             url: self.discovery.clone(),
             leader_key: self.leader_key.clone(),
@@ -214,7 +218,7 @@ impl Settings {
                 .collect(),
             connect_timeout: self.connect_timeout,
             probe_interval: self.probe_interval,
-            upstream_tls: None,
+            upstream_tls,
         }
     }
 }
@@ -253,7 +257,7 @@ mod tests {
     #[test]
     fn store_options_reach_the_source_and_no_debug_print() {
         let s = load(&["--discovery-opt", "kv.token=hunter2", URL]).unwrap();
-        assert_eq!(s.source_config().options["kv.token"], "hunter2");
+        assert_eq!(s.source_config(None).options["kv.token"], "hunter2");
         assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
     }
 }

@@ -44,7 +44,7 @@ pub(super) fn check_bind(
 }
 
 /// The client TLS flags (`[--tlscert, --tlskey, --tlscacert]`, `--tlsverify`), checked to go
-/// together and their files read.
+/// together. Their files are read once, by `server::build`.
 pub(super) fn client_tls(
     [cert, key, ca]: [Option<String>; 3],
     verify: bool,
@@ -107,11 +107,11 @@ pub(super) fn client_tls(
             flag("tlsverify")
         )));
     }
-    crate::tls::ServerTls::load(&tls).map_err(tls_file_error)?;
     Ok(Some(tls))
 }
 
-/// `--upstream-cert-path`: a directory in the `DOCKER_CERT_PATH` layout, read and checked.
+/// `--upstream-cert-path`: a directory in the `DOCKER_CERT_PATH` layout (read once, by
+/// `server::build`).
 pub(super) fn upstream_cert_path(
     value: Option<String>,
     mode: Mode,
@@ -137,14 +137,7 @@ pub(super) fn upstream_cert_path(
             discovery.scheme().as_str()
         )));
     }
-    let dir = PathBuf::from(value.trim());
-    crate::tls::UpstreamTls::load(&dir).map_err(tls_file_error)?;
-    Ok(Some(dir))
-}
-
-/// The TLS loader's error names the option and the file, which is all an [`invalid`] needs.
-fn tls_file_error(e: crate::tls::TlsError) -> ConfigError {
-    invalid(e.long, &e.path.display().to_string(), e.reason)
+    Ok(Some(PathBuf::from(value.trim())))
 }
 
 /// Why `addr` is refused and every way out, since the operator may want any of them.
@@ -283,54 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn tls_files_are_checked_and_named() {
+    fn upstream_cert_path_is_taken_where_it_is_used() {
         use crate::tls::test_files::Files;
         let f = Files::new();
-        let (cert, key) = (f.str("server.pem"), f.str("server-key.pem"));
-        let missing = f.str("missing.pem");
-        let e = err(&["--tlscert", &missing, "--tlskey", &key, URL]);
-        assert!(
-            e.starts_with(&format!(
-                "invalid value {missing:?} for --tlscert (also LEADER_PROXY_TLSCERT / tlscert): \
-                 cannot read it"
-            )),
-            "{e}"
-        );
-        let e = err(&["--tlscert", &cert, "--tlskey", &f.str("key.pem"), URL]);
-        assert!(
-            e.contains("for --tlskey") && e.contains("does not go with"),
-            "{e}"
-        );
-        let e = err(&[
-            "--tlscert",
-            &cert,
-            "--tlskey",
-            &key,
-            "--tlsverify",
-            "--tlscacert",
-            &key,
-            URL,
-        ]);
-        assert!(
-            e.contains("for --tlscacert") && e.contains("no PEM certificate"),
-            "{e}"
-        );
-        let e = err(&["--tlscert", &key, "--tlskey", &key, URL]);
-        assert!(
-            e.contains("for --tlscert") && e.contains("no PEM certificate"),
-            "{e}"
-        );
-
         let dir = f.dir.path().display().to_string();
         let s = load(&["--upstream-cert-path", &dir, URL]).unwrap();
         assert_eq!(s.upstream_cert_path, Some(f.dir.path().to_path_buf()));
         let s = load_env(&[URL], &[("LEADER_PROXY_UPSTREAM_CERT_PATH", &dir)]).unwrap();
         assert_eq!(s.upstream_cert_path, Some(f.dir.path().to_path_buf()));
-        let e = err(&["--upstream-cert-path", &missing, URL]);
-        assert!(
-            e.contains("for --upstream-cert-path") && e.contains("not a directory"),
-            "{e}"
-        );
         // In --mode tcp only swarm:// and static:// probes use it.
         let e = err(&["--mode", "tcp", "--upstream-cert-path", &dir, URL]);
         assert!(e.contains("not used in --mode tcp with etcd://"), "{e}");
@@ -343,12 +296,6 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.mode, Mode::Tcp);
-        std::fs::write(f.path("ca.pem"), "not a certificate").unwrap();
-        let e = err(&["--upstream-cert-path", &dir, URL]);
-        assert!(
-            e.contains("ca.pem") && e.contains("no PEM certificate"),
-            "{e}"
-        );
     }
 
     #[test]

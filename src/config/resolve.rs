@@ -363,7 +363,7 @@ mod tests {
         assert!(!s.insecure_bind);
         assert_eq!(s.log_level, "info");
         assert_eq!(s.log_format, LogFormat::Text);
-        let source = s.source_config();
+        let source = s.source_config(None);
         assert_eq!(source.url, s.discovery);
         assert_eq!(source.leader_key, "docker/swarm/leader");
         assert_eq!(source.connect_timeout, Duration::from_secs(2));
@@ -410,7 +410,7 @@ mod tests {
             ]
         );
         assert_eq!(s.leader_key, "/my/leader/");
-        assert_eq!(s.source_config().url.key(&s.leader_key), "my/leader");
+        assert_eq!(s.source_config(None).url.key(&s.leader_key), "my/leader");
         assert_eq!(s.election, Election::Contenders);
         assert_eq!(s.hold_timeout, Duration::from_secs(60));
         assert_eq!(s.max_held, 0);
@@ -497,7 +497,10 @@ mod tests {
             let url = format!("{scheme}://127.0.0.1:2375,127.0.0.2:2375");
             let s = load(&["--probe-interval", "250ms", &url]).unwrap();
             assert_eq!(s.discovery.hosts(), ["127.0.0.1:2375", "127.0.0.2:2375"]);
-            assert_eq!(s.source_config().probe_interval, Duration::from_millis(250));
+            assert_eq!(
+                s.source_config(None).probe_interval,
+                Duration::from_millis(250)
+            );
             assert_eq!(
                 err(&["--probe-interval", "0s", &url]),
                 "invalid value \"0s\" for --probe-interval (also LEADER_PROXY_PROBE_INTERVAL / \
