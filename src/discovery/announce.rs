@@ -3,7 +3,7 @@
 //! only what changes what the proxy does, and reject a garbage value once.
 
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{LeaderAddr, LeaderEvent};
 
@@ -56,8 +56,7 @@ impl Announcer {
                     if self.rejected.as_deref() == Some(raw) {
                         return Ok(());
                     }
-                    warn!(value = ?raw.chars().take(200).collect::<String>(), %reason,
-                        "the store holds an invalid leader value");
+                    // The router logs it (escaped, bounded), as for every source.
                     self.rejected = Some(raw.to_string());
                     LeaderEvent::Rejected {
                         value: raw.to_string(),

@@ -12,6 +12,7 @@ pub mod url;
 pub mod value;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ pub enum Election {
 }
 
 /// Everything a backend needs to know, independent of the store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SourceConfig {
     pub url: DiscoveryUrl,
     pub leader_key: String,
@@ -71,6 +72,22 @@ pub struct SourceConfig {
     /// instance the proxy uses for the managers, so one SIGHUP reloads it for both; `None`
     /// is plain HTTP. The stores ignore it (their TLS is `kv.cacertfile`, …).
     pub upstream_tls: Option<Arc<UpstreamTls>>,
+}
+
+/// Shows the option names, never their values: `kv.password`, `kv.token` and `kv.auth` are
+/// among them, and a Debug print must not leak a credential into a log.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &self.url)
+            .field("leader_key", &self.leader_key)
+            .field("election", &self.election)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("upstream_tls", &self.upstream_tls.is_some())
+            .finish()
+    }
 }
 
 /// A store's election, followed.
@@ -103,5 +120,28 @@ pub fn source_for(config: SourceConfig) -> Result<Box<dyn LeaderSource>, SourceE
         Scheme::Zk => Ok(Box::new(Followed(store::zookeeper::ZkSource::new(config)?))),
         Scheme::Swarm => Ok(Box::new(manager::swarm::SwarmSource::new(config)?)),
         Scheme::Static => Ok(Box::new(manager::static_probe::StaticSource::new(config)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_an_option_value() {
+        let config = SourceConfig {
+            url: DiscoveryUrl::parse("etcd://127.0.0.1:2379/swarm").expect("a URL"),
+            leader_key: "docker/swarm/leader".into(),
+            election: Election::Key,
+            options: BTreeMap::from([("kv.password".to_string(), "hunter2".to_string())]),
+            connect_timeout: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(1),
+            upstream_tls: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("kv.password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

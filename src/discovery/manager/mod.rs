@@ -389,7 +389,7 @@ impl<'a> Reporter<'a> {
                 return Ok(());
             }
             self.degraded = true;
-            warn!(%reason, "no {}:// manager answers; keeping the last leader", self.scheme);
+            // The router logs the outage, once, as it does for every source.
             return self
                 .send(LeaderEvent::Degraded(format!(
                     "{}:// managers: {reason}",
@@ -412,8 +412,7 @@ impl<'a> Reporter<'a> {
             if known {
                 continue;
             }
-            warn!(answer = ?garbage.value, reason = %garbage.reason,
-                "a {}:// manager gave an unusable answer", self.scheme);
+            // The router logs the rejected value, as it does for every source.
             self.send(LeaderEvent::Rejected {
                 value: garbage.value,
                 reason: garbage.reason,
