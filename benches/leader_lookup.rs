@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use leader_proxy::discovery::{LeaderAddr, LeaderEvent};
+use leader_proxy::discovery::{LeaderAddr, LeaderEvent, Scheme};
 use leader_proxy::metrics::Metrics;
 use leader_proxy::router::Router;
 
@@ -16,7 +16,7 @@ fn lookup(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let router = Router::new("etcd", Arc::new(Metrics::new()));
+    let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
     runtime.block_on(router.apply(LeaderEvent::Leader(
         LeaderAddr::parse("127.0.0.1:2375").expect("valid"),
     )));

@@ -111,7 +111,7 @@ impl Admin {
             "state": snapshot.state.as_str(),
             "since": since,
             "changes": snapshot.changes,
-            "source": self.router.source(),
+            "source": self.router.source().as_str(),
         });
         Response::builder()
             .header("Content-Type", "application/json")

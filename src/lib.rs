@@ -10,9 +10,9 @@
 //! - [`admin`] and [`metrics`]: what operators and load balancers look at.
 
 pub mod admin;
-pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod keepalive;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

@@ -1,15 +1,12 @@
-//! The `leader-proxy` binary: reads the settings, sets up logging and the runtime, and runs
-//! [`leader_proxy::server::run`]. Everything else lives in the library.
+//! The `leader-proxy` binary: reads the settings, sets up logging and the runtime, builds
+//! the process with [`server::build`] (every file read once) and runs it with
+//! [`server::run`]. Everything else lives in the library; this file only wires.
 
+use leader_proxy::config::{self, LogFormat, Settings};
+use leader_proxy::server::{self, ReloadHook};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use leader_proxy::config::{self, LogFormat, Settings};
-use leader_proxy::discovery::source_for;
-use leader_proxy::server::ReloadHook;
-use leader_proxy::tls::UpstreamTls;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -31,27 +28,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The certificates for the managers, shared by the proxy and the swarm:// and static://
-    // probes (one SIGHUP reloads them for both). Checked when the settings were resolved;
-    // one that went bad since is a bad setting too.
-    let upstream_tls = match &settings.upstream_cert_path {
-        None => None,
-        Some(dir) => match UpstreamTls::load(dir) {
-            Ok(tls) => Some(Arc::new(tls)),
-            Err(e) => {
-                eprintln!("leader-proxy: {e}");
-                return ExitCode::from(2);
-            }
-        },
-    };
-    // A store option that cannot work (a TLS file missing, an unknown kv.* key) is a bad
-    // setting like any other: it names the option and exits 2 before anything listens.
-    let source = {
+    // Every file the settings name is read here, once; one that cannot work is a bad
+    // setting like any other: it names the flag and exits 2 before anything listens.
+    let start = {
         let _runtime = runtime.enter();
-        let mut config = settings.source_config();
-        config.upstream_tls = upstream_tls.clone();
-        match source_for(config) {
-            Ok(source) => source,
+        match server::build(settings) {
+            Ok(start) => start,
             Err(e) => {
                 eprintln!("leader-proxy: {e}");
                 return ExitCode::from(2);
@@ -59,12 +41,7 @@ fn main() -> ExitCode {
         }
     };
     let on_sighup = log_level_reload(args, set_filter);
-    match runtime.block_on(leader_proxy::server::run_with(
-        settings,
-        source,
-        upstream_tls,
-        Some(on_sighup),
-    )) {
+    match runtime.block_on(server::run(start, Some(on_sighup))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

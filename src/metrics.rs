@@ -1,12 +1,12 @@
 //! The Prometheus metrics, in one registry served by the admin listener at `/metrics`.
+//!
+//! The bottom layer (docs/architecture.md): it takes plain label values, so every other
+//! module may count things without this one knowing their types.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::discovery::LeaderAddr;
-use crate::router::State;
 
 pub struct Metrics {
     registry: Registry,
@@ -22,8 +22,8 @@ pub struct Metrics {
     pub held: IntGauge,
     /// How long held requests waited (served or not).
     pub hold_seconds: Histogram,
-    /// Requests sent again: `connect` (dial failed, any method) or `idempotent` (after
-    /// the request was written).
+    /// Requests sent again: `connect` (dial failed, any method), `idempotent` (after the
+    /// request was written) or `no_leader` (swarm mode's manager answered 503 mid-election).
     pub retries: IntCounterVec,
     /// Store outages seen (each `degraded` report).
     pub store_errors: IntCounter,
@@ -175,21 +175,23 @@ impl Metrics {
         }
     }
 
-    pub fn set_leader(&self, old: Option<&LeaderAddr>, new: Option<&LeaderAddr>) {
+    /// Moves the `leader` gauge from the `old` address to the `new` one.
+    pub fn set_leader(&self, old: Option<&str>, new: Option<&str>) {
         if let Some(old) = old {
             // Ignored error: the series may not exist (first leader).
-            let _ = self.leader.remove_label_values(&[&old.to_string()]);
+            let _ = self.leader.remove_label_values(&[old]);
         }
         if let Some(new) = new {
-            self.leader.with_label_values(&[&new.to_string()]).set(1);
+            self.leader.with_label_values(&[new]).set(1);
         }
     }
 
-    pub fn set_state(&self, current: State) {
-        for state in [State::Leader, State::NoLeader, State::Degraded] {
+    /// Sets the `state` gauge to 1 for `current` and 0 for the other names in `all`.
+    pub fn set_state(&self, current: &str, all: &[&str]) {
+        for state in all {
             self.state
-                .with_label_values(&[state.as_str()])
-                .set(i64::from(state == current));
+                .with_label_values(&[state])
+                .set(i64::from(*state == current));
         }
     }
 

@@ -12,7 +12,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::discovery::{LeaderAddr, LeaderEvent};
+use crate::discovery::{LeaderAddr, LeaderEvent, Scheme};
 use crate::metrics::Metrics;
 
 /// What the proxy believes about the election.
@@ -27,6 +27,8 @@ pub enum State {
 }
 
 impl State {
+    const NAMES: [&'static str; 3] = ["leader", "no_leader", "degraded"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Leader => "leader",
@@ -44,10 +46,22 @@ pub struct Upstream {
     pub socket: SocketAddr,
 }
 
+impl Upstream {
+    /// The name the manager's TLS certificate must carry: the host as the election wrote it
+    /// (an IP literal or a DNS name), else the IP that was dialled.
+    pub fn tls_name(&self) -> String {
+        match self.name.host() {
+            "" => self.socket.ip().to_string(),
+            host => host.to_string(),
+        }
+    }
+}
+
 /// One immutable view of the election; replaced whole on every change.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    pub leader: Option<Upstream>,
+    /// Shared, so a request takes the whole upstream with one reference count.
+    pub leader: Option<Arc<Upstream>>,
     pub state: State,
     /// When `state` began (wall clock, for `/leader`).
     pub since: SystemTime,
@@ -63,12 +77,13 @@ pub struct Router {
     current: ArcSwap<Snapshot>,
     generation: watch::Sender<u64>,
     metrics: Arc<Metrics>,
-    source: &'static str,
+    source: Scheme,
 }
 
 impl Router {
-    /// A router with no leader yet; `source` is the discovery scheme shown by `/leader`.
-    pub fn new(source: &'static str, metrics: Arc<Metrics>) -> Self {
+    /// A router with no leader yet; `source` is the discovery scheme (shown by `/leader`;
+    /// swarm mode's managers answer 503 while Raft elects, which the request path holds).
+    pub fn new(source: Scheme, metrics: Arc<Metrics>) -> Self {
         let now = Instant::now();
         let snapshot = Snapshot {
             leader: None,
@@ -78,7 +93,7 @@ impl Router {
             changes: 0,
             generation: 0,
         };
-        metrics.set_state(State::NoLeader);
+        metrics.set_state(State::NoLeader.as_str(), &State::NAMES);
         Self {
             current: ArcSwap::from_pointee(snapshot),
             generation: watch::channel(0).0,
@@ -93,7 +108,7 @@ impl Router {
         self.current.load()
     }
 
-    pub fn source(&self) -> &'static str {
+    pub fn source(&self) -> Scheme {
         self.source
     }
 
@@ -131,7 +146,7 @@ impl Router {
     pub async fn apply(&self, event: LeaderEvent) {
         match event {
             LeaderEvent::Leader(name) => match resolve(&name).await {
-                Ok(socket) => self.adopt(Some(Upstream { name, socket }), State::Leader),
+                Ok(socket) => self.adopt(Some(Arc::new(Upstream { name, socket })), State::Leader),
                 Err(reason) => self.reject(name.to_string(), &reason),
             },
             LeaderEvent::NoLeader => self.adopt(None, State::NoLeader),
@@ -171,7 +186,7 @@ impl Router {
         warn!(value = ?shown, %reason, "ignoring invalid leader value; keeping the last leader");
     }
 
-    fn adopt(&self, leader: Option<Upstream>, state: State) {
+    fn adopt(&self, leader: Option<Arc<Upstream>>, state: State) {
         let old = self.current();
         if old.leader == leader && old.state == state {
             return;
@@ -193,8 +208,8 @@ impl Router {
                 None => info!("No leader: the election is open; holding requests"),
             }
             self.metrics.set_leader(
-                old.leader.as_ref().map(|u| &u.name),
-                leader.as_ref().map(|u| &u.name),
+                old.leader.as_ref().map(|u| u.name.to_string()).as_deref(),
+                leader.as_ref().map(|u| u.name.to_string()).as_deref(),
             );
         }
         self.store(Snapshot {
@@ -210,7 +225,7 @@ impl Router {
     fn store(&self, snapshot: Snapshot) {
         let (generation, state) = (snapshot.generation, snapshot.state);
         self.current.store(Arc::new(snapshot));
-        self.metrics.set_state(state);
+        self.metrics.set_state(state.as_str(), &State::NAMES);
         self.generation.send_replace(generation);
     }
 }
@@ -236,7 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_the_last_leader_through_outages_and_garbage() {
-        let router = Router::new("etcd", Arc::new(Metrics::new()));
+        let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
         assert!(router.current().leader.is_none());
         router.apply(leader("127.0.0.1:1001")).await;
         let first = router.current().generation;
@@ -261,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_read_after_an_outage_ends_the_outage() {
-        let router = Router::new("etcd", Arc::new(Metrics::new()));
+        let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
         router.apply(leader("127.0.0.1:1001")).await;
         router.apply(LeaderEvent::Degraded("down".into())).await;
         router
@@ -281,7 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_held_requests_on_change() {
-        let router = Arc::new(Router::new("etcd", Arc::new(Metrics::new())));
+        let router = Arc::new(Router::new(Scheme::Etcd, Arc::new(Metrics::new())));
         let waiter = {
             let router = router.clone();
             tokio::spawn(async move {

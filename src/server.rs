@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::config::{ListenAddr, Mode, Settings};
-use crate::discovery::LeaderSource;
+use crate::config::{ConfigError, ListenAddr, Mode, Settings};
+use crate::discovery::{source_for, LeaderSource, SourceError};
 use crate::metrics::Metrics;
 use crate::proxy::drain::Drain;
 use crate::proxy::front::Front;
@@ -30,36 +30,63 @@ use crate::tls::{ServerTls, UpstreamTls, UPSTREAM_CA};
 /// there). Called on the runtime: it must not block for long.
 pub type ReloadHook = Box<dyn Fn() + Send + Sync>;
 
-/// Runs the proxy described by `settings`, following `source`, until it is told to stop.
-/// The `--upstream-cert-path` files are loaded here for the proxy alone: a `swarm://` or
-/// `static://` source probes with the TLS it was built with (`SourceConfig::upstream_tls`),
-/// so to share one reloadable instance with it, load it first and call [`run_with`].
-pub async fn run(settings: Settings, source: Box<dyn LeaderSource>) -> anyhow::Result<()> {
-    let upstream_tls = match &settings.upstream_cert_path {
-        Some(dir) => Some(Arc::new(UpstreamTls::load(dir)?)),
-        None => None,
-    };
-    run_with(settings, source, upstream_tls, None).await
-}
-
-/// [`run`] with the `--upstream-cert-path` files already loaded (the binary loads them
-/// first: a file that cannot work exits 2, and the `swarm://`/`static://` probes share the
-/// same [`UpstreamTls`], so one SIGHUP reloads it for both), calling `on_sighup` after the
-/// certificates are reloaded on each SIGHUP.
-pub async fn run_with(
+/// Everything one process runs, loaded and checked once by [`build`]: the settings, the
+/// leader source, and the certificates (each file read here, and only here).
+pub struct Start {
     settings: Settings,
     source: Box<dyn LeaderSource>,
+    server_tls: Option<Arc<ServerTls>>,
+    /// `--upstream-cert-path`: one instance for the proxy and the `swarm://`/`static://`
+    /// probes, so one SIGHUP reloads it for both.
     upstream_tls: Option<Arc<UpstreamTls>>,
-    on_sighup: Option<ReloadHook>,
-) -> anyhow::Result<()> {
+}
+
+/// Why the process cannot start. Each is a setting that cannot work, so the binary exits 2
+/// (docs/cli.md#exit-codes) before anything listens.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate file that cannot be read or does not fit, named like a bad flag value.
+    #[error(transparent)]
+    Setting(#[from] ConfigError),
+    /// A store option that cannot work (a TLS file missing, an unknown `kv.*` key).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Loads every file the settings name and builds the leader source. Must run inside the
+/// tokio runtime (the store clients are built here, not yet connected).
+pub fn build(settings: Settings) -> Result<Start, StartError> {
+    let upstream_tls = match &settings.upstream_cert_path {
+        Some(dir) => Some(Arc::new(UpstreamTls::load(dir).map_err(ConfigError::from)?)),
+        None => None,
+    };
+    let server_tls = match &settings.tls {
+        Some(files) => Some(Arc::new(ServerTls::load(files).map_err(ConfigError::from)?)),
+        None => None,
+    };
+    let source = source_for(settings.source_config(upstream_tls.clone()))?;
+    Ok(Start {
+        settings,
+        source,
+        server_tls,
+        upstream_tls,
+    })
+}
+
+/// Runs what [`build`] prepared until SIGTERM or SIGINT, calling `on_sighup` after the
+/// certificates are reloaded on each SIGHUP.
+pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<()> {
+    let Start {
+        settings,
+        source,
+        server_tls,
+        upstream_tls,
+    } = start;
     // Before anything listens: SIGHUP's default action would end the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let metrics = Arc::new(Metrics::new());
-    let router = Arc::new(Router::new(
-        settings.discovery.scheme().as_str(),
-        metrics.clone(),
-    ));
+    let router = Arc::new(Router::new(settings.discovery.scheme(), metrics.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(64);
     tokio::spawn(source.run(events_tx));
@@ -80,25 +107,21 @@ pub async fn run_with(
         settings.drain_timeout,
     ));
     // Checked when the settings were resolved; read again here (a file may have changed).
-    let server_tls = match &settings.tls {
-        Some(files) => {
-            if !settings
-                .listen
-                .iter()
-                .any(|l| matches!(l, ListenAddr::Tcp(_)))
-            {
-                warn!("--tlscert is given but no TCP --listen: unix sockets do not use TLS");
-            }
-            if files.ca.is_some() && !files.verify {
-                warn!(
-                    "--tlscacert is given without --tlsverify: no client certificate is asked \
-                     for (as with dockerd); add --tlsverify to require one"
-                );
-            }
-            Some(Arc::new(ServerTls::load(files)?))
+    if let Some(files) = &settings.tls {
+        if !settings
+            .listen
+            .iter()
+            .any(|l| matches!(l, ListenAddr::Tcp(_)))
+        {
+            warn!("--tlscert is given but no TCP --listen: unix sockets do not use TLS");
         }
-        None => None,
-    };
+        if files.ca.is_some() && !files.verify {
+            warn!(
+                "--tlscacert is given without --tlsverify: no client certificate is asked \
+                 for (as with dockerd); add --tlsverify to require one"
+            );
+        }
+    }
     let reload = Reload {
         server_tls: server_tls.clone(),
         upstream_tls: upstream_tls.clone(),
@@ -269,4 +292,95 @@ async fn stop_signal() -> anyhow::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_support::{load, URL};
+    use crate::tls::test_files::Files;
+
+    /// What the binary prints for `args`: the settings load, the start-up does not.
+    fn start_error(args: &[&str]) -> String {
+        let settings = load(args).expect("the settings themselves are valid");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let _inside = runtime.enter();
+        match build(settings) {
+            Ok(_) => panic!("{args:?} started"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_certificate_file_is_read_and_a_bad_one_named_like_its_flag() {
+        let f = Files::new();
+        let (cert, key) = (f.str("server.pem"), f.str("server-key.pem"));
+        let missing = f.str("missing.pem");
+        let e = start_error(&["--tlscert", &missing, "--tlskey", &key, URL]);
+        assert!(
+            e.starts_with(&format!(
+                "invalid value {missing:?} for --tlscert (also LEADER_PROXY_TLSCERT / tlscert): \
+                 cannot read it"
+            )),
+            "{e}"
+        );
+        let e = start_error(&["--tlscert", &cert, "--tlskey", &f.str("key.pem"), URL]);
+        assert!(
+            e.contains("for --tlskey") && e.contains("does not go with"),
+            "{e}"
+        );
+        let e = start_error(&[
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--tlsverify",
+            "--tlscacert",
+            &key,
+            URL,
+        ]);
+        assert!(
+            e.contains("for --tlscacert") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = start_error(&["--tlscert", &key, "--tlskey", &key, URL]);
+        assert!(
+            e.contains("for --tlscert") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+
+        let e = start_error(&["--upstream-cert-path", &missing, URL]);
+        assert!(
+            e.contains("for --upstream-cert-path") && e.contains("not a directory"),
+            "{e}"
+        );
+        let dir = f.dir.path().display().to_string();
+        std::fs::write(f.path("ca.pem"), "not a certificate").expect("write ca.pem");
+        let e = start_error(&["--upstream-cert-path", &dir, URL]);
+        assert!(
+            e.contains("ca.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn good_files_and_a_source_make_a_start() {
+        let f = Files::new();
+        let (cert, key) = (f.str("server.pem"), f.str("server-key.pem"));
+        let dir = f.dir.path().display().to_string();
+        let settings = load(&[
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--upstream-cert-path",
+            &dir,
+            URL,
+        ])
+        .expect("settings");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let _inside = runtime.enter();
+        let start = build(settings).expect("a start");
+        assert!(start.server_tls.is_some() && start.upstream_tls.is_some());
+    }
 }

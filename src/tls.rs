@@ -57,8 +57,18 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::ClientTls;
-use crate::router::Router;
+/// TLS for clients (`--tlscert`, `--tlskey`, `--tlscacert`, `--tlsverify`), dockerd's model:
+/// on when a certificate and its key are given; `verify` (`--tlsverify`, which needs `ca`)
+/// requires every client to present a certificate signed by `ca`. Without `verify`, `ca` is
+/// not used (dockerd asks for no client certificate then either). The configuration fills
+/// it in; [`ServerTls::load`] reads the files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub verify: bool,
+}
 
 /// The only application protocol the proxy speaks on either side: dockerd offers `h2` too,
 /// and a client or manager that picked it would not be understood.
@@ -307,22 +317,10 @@ fn upstream_material(dir: &Path, generation: u64) -> Result<UpstreamMaterial, Tl
     })
 }
 
-/// The name a manager's certificate is checked against: the host of the leader value when
-/// `addr` is the current leader (an IP literal or a DNS name, as the election wrote it),
-/// else the IP of `addr`.
-pub fn manager_name(router: &Router, addr: SocketAddr) -> String {
-    let snapshot = router.current();
-    match snapshot.leader.as_ref() {
-        Some(leader) if leader.socket == addr && !leader.name.host().is_empty() => {
-            leader.name.host().to_string()
-        }
-        _ => addr.ip().to_string(),
-    }
-}
-
-/// [`manager_name`] as rustls takes it.
-pub fn manager_server_name(router: &Router, addr: SocketAddr) -> ServerName<'static> {
-    ServerName::try_from(manager_name(router, addr))
+/// The name a manager's certificate is checked against, as rustls takes it: `name` (an IP
+/// literal or a DNS name), or the IP dialled if `name` is neither.
+pub fn server_name(name: &str, addr: SocketAddr) -> ServerName<'static> {
+    ServerName::try_from(name.to_string())
         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()))
 }
 
@@ -552,7 +550,7 @@ pub async fn accept(
 pub(crate) mod test_files {
     use std::path::PathBuf;
 
-    use crate::config::ClientTls;
+    use super::ClientTls;
 
     /// In a temp dir: `ca.pem`; `server.pem` + `server-key.pem` (for 127.0.0.1, signed by
     /// the CA); `cert.pem` + `key.pem` (a client certificate): the last three with `ca.pem`

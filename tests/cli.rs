@@ -141,6 +141,81 @@ fn help_shows_discovery_the_flags_and_their_variables() {
     assert!(short.stdout.contains("--hold-timeout"), "{}", short.stdout);
 }
 
+/// The long flags `--help` shows, in order (`--help` and `--version` included).
+fn help_flags() -> Vec<String> {
+    let r = run(&["--help"]);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let mut flags: Vec<String> = Vec::new();
+    for line in r.stdout.lines() {
+        let line = line.trim_start();
+        // An option line starts with `-x, --flag` or `--flag`.
+        let Some(start) = line.find("--").filter(|&i| i == 0 || line.starts_with('-')) else {
+            continue;
+        };
+        let flag: String = line[start..]
+            .chars()
+            .take_while(|c| *c == '-' || c.is_ascii_alphanumeric())
+            .collect();
+        if flag.len() > 2 && !flags.contains(&flag) {
+            flags.push(flag);
+        }
+    }
+    assert!(
+        flags.len() >= 20,
+        "too few flags found in --help: {flags:?}"
+    );
+    flags
+}
+
+/// `flag` appears in `text` as a whole word (`--tls` must not match `--tlsverify`).
+fn mentions(text: &str, flag: &str) -> bool {
+    text.match_indices(flag).any(|(i, _)| {
+        let next = text[i + flag.len()..].chars().next();
+        !matches!(next, Some(c) if c == '-' || c.is_ascii_alphanumeric())
+    })
+}
+
+/// docs/cli.md is the contract for scripts: every flag of the binary is documented there.
+#[test]
+fn every_flag_in_help_is_documented_in_docs_cli_md() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+        .expect("read docs/cli.md");
+    let missing: Vec<String> = help_flags()
+        .into_iter()
+        .filter(|flag| !mentions(&doc, flag))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/cli.md does not mention {missing:?}"
+    );
+}
+
+/// The README's flag table (the rows under "## Flags") names every option flag.
+#[test]
+fn every_flag_in_help_is_in_the_readme_flag_table() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split("\n## Flags\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README.md has a \"## Flags\" section");
+    let table: String = section
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let missing: Vec<String> = help_flags()
+        .into_iter()
+        .filter(|flag| !matches!(flag.as_str(), "--help" | "--version"))
+        .filter(|flag| !mentions(&table, flag))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README's flag table lacks {missing:?}"
+    );
+}
+
 #[test]
 fn a_bad_flag_value_exits_2_naming_the_flag() {
     let r = run(&["--hold-timeout", "abc", URL]);

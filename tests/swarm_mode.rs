@@ -3,8 +3,9 @@
 //! Against simulated managers (`sim-manager --discovery manual`, answering `GET /nodes` as
 //! the test sets it): what is particular to swarm mode beyond the manager-side conformance
 //! suite (tests/manager_conformance.rs). Against a real swarm of three dockerd
-//! (`real_swarm_…`, docs/testing.md's recipe on 127.0.0.21-23; one at a time, nextest
-//! group `swarm`): the leader's dockerd SIGKILLed and restarted, twice, under traffic.
+//! (`real_swarm_…`, the recipe of docs/testing.md#swarm-mode on 127.0.0.21-23; one at a
+//! time, nextest group `swarm`): the leader's dockerd SIGKILLed and restarted, twice,
+//! under traffic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,11 +244,11 @@ fn election_end(swarm: &Swarm, killed: usize, deadline: Instant) -> Option<(usiz
     .and_then(|f| *f)
 }
 
-/// The failover test on a real swarm (docs/testing.md, "Failover tests"): three dockerd
+/// The failover test (docs/testing.md#failover-tests) on a real swarm: three dockerd
 /// managers, a client asking through the proxy every 20 ms, the leader's dockerd SIGKILLed
-/// and restarted, twice (restarted and back as a reachable manager before the next kill,
-/// or the quorum is lost). No request fails, and every request sent once the proxy names
-/// the new leader is served by it.
+/// and restarted, twice (restarted and back as a reachable manager before the next kill, or
+/// the quorum is lost). No request fails, and every request sent once the proxy names the
+/// new leader is served by it.
 #[test]
 fn real_swarm_leader_killed_twice() {
     let started = Instant::now();

@@ -4,21 +4,15 @@
 //! its store's election into a stream of events and never touches the proxy; the proxy
 //! never knows which store is in use.
 
+mod announce;
 pub mod backoff;
-pub mod consul;
-pub mod etcd2;
-pub mod etcd3;
-mod follow;
-mod http_store;
-mod probe;
-pub mod static_probe;
-pub(crate) mod store_tls;
-pub mod swarm_mode;
+mod manager;
+mod store;
 pub mod url;
 pub mod value;
-pub mod zookeeper;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +21,14 @@ use tokio::sync::mpsc;
 
 use crate::tls::UpstreamTls;
 
+use self::store::Followed;
 pub use self::url::{DiscoveryUrl, Scheme};
 pub use self::value::{LeaderAddr, ValueError};
+
+/// How long a store or a manager may take to answer once connected. A quorum read on a
+/// healthy cluster takes milliseconds; one that loses its quorum never answers, and must
+/// count as an outage.
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a backend saw happen to the election.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub enum Election {
 }
 
 /// Everything a backend needs to know, independent of the store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SourceConfig {
     pub url: DiscoveryUrl,
     pub leader_key: String,
@@ -72,6 +72,22 @@ pub struct SourceConfig {
     /// instance the proxy uses for the managers, so one SIGHUP reloads it for both; `None`
     /// is plain HTTP. The stores ignore it (their TLS is `kv.cacertfile`, …).
     pub upstream_tls: Option<Arc<UpstreamTls>>,
+}
+
+/// Shows the option names, never their values: `kv.password`, `kv.token` and `kv.auth` are
+/// among them, and a Debug print must not leak a credential into a log.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &self.url)
+            .field("leader_key", &self.leader_key)
+            .field("election", &self.election)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("upstream_tls", &self.upstream_tls.is_some())
+            .finish()
+    }
 }
 
 /// A store's election, followed.
@@ -96,11 +112,36 @@ pub enum SourceError {
 /// Builds the backend for `config.url`'s scheme.
 pub fn source_for(config: SourceConfig) -> Result<Box<dyn LeaderSource>, SourceError> {
     match config.url.scheme() {
-        Scheme::Etcd => Ok(Box::new(etcd2::Etcd2Source::new(config)?)),
-        Scheme::EtcdV3 => Ok(Box::new(etcd3::Etcd3Source::new(config)?)),
-        Scheme::Consul => Ok(Box::new(consul::ConsulSource::new(config)?)),
-        Scheme::Zk => Ok(Box::new(zookeeper::ZkSource::new(config)?)),
-        Scheme::Swarm => Ok(Box::new(swarm_mode::SwarmSource::new(config)?)),
-        Scheme::Static => Ok(Box::new(static_probe::StaticSource::new(config)?)),
+        Scheme::Etcd => Ok(Box::new(Followed(store::etcd2::Etcd2Source::new(config)?))),
+        Scheme::EtcdV3 => Ok(Box::new(Followed(store::etcd3::Etcd3Source::new(config)?))),
+        Scheme::Consul => Ok(Box::new(Followed(store::consul::ConsulSource::new(
+            config,
+        )?))),
+        Scheme::Zk => Ok(Box::new(Followed(store::zookeeper::ZkSource::new(config)?))),
+        Scheme::Swarm => Ok(Box::new(manager::swarm::SwarmSource::new(config)?)),
+        Scheme::Static => Ok(Box::new(manager::static_probe::StaticSource::new(config)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_an_option_value() {
+        let config = SourceConfig {
+            url: DiscoveryUrl::parse("etcd://127.0.0.1:2379/swarm").expect("a URL"),
+            leader_key: "docker/swarm/leader".into(),
+            election: Election::Key,
+            options: BTreeMap::from([("kv.password".to_string(), "hunter2".to_string())]),
+            connect_timeout: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(1),
+            upstream_tls: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("kv.password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -30,8 +30,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::OnLeaderChange;
 use crate::router::Router;
+
+/// `--on-leader-change`: what happens to connections to the old leader. It lives here, with
+/// the code that carries it out, so that the proxy does not depend on the configuration
+/// layer above it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnLeaderChange {
+    /// Connections to the old leader run on while it lives, up to `--drain-timeout`.
+    #[default]
+    Drain,
+    /// Connections to the old leader end at the change.
+    Close,
+}
 
 /// Why a connection was ended by the leader-change policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,7 +179,10 @@ mod tests {
     }
 
     async fn router_on(addr: &str) -> Arc<Router> {
-        let router = Arc::new(Router::new("etcd", Arc::new(Metrics::new())));
+        let router = Arc::new(Router::new(
+            crate::discovery::Scheme::Etcd,
+            Arc::new(Metrics::new()),
+        ));
         router.apply(leader(addr)).await;
         router
     }

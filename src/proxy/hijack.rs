@@ -26,7 +26,8 @@ use super::docker_error_body;
 use super::drain::Drain;
 use super::hold::Hold;
 use crate::metrics::Metrics;
-use crate::tls::{manager_server_name, UpstreamTls};
+use crate::router::Upstream;
+use crate::tls::UpstreamTls;
 
 pub struct HijackRelay {
     hold: Arc<Hold>,
@@ -66,15 +67,16 @@ impl HijackRelay {
         // manager may be getting new certificates) are debug.
         let mut tls_warned = false;
         let mut upstream = loop {
-            let addr = match self.hold.next_upstream(&mut state).await {
-                Ok(addr) => addr,
+            let target = match self.hold.next_upstream(&mut state).await {
+                Ok(upstream) => upstream,
                 Err(e) => {
                     self.reject(client, &e.to_string()).await;
                     self.log(&summary, 503, None, started, 0, 0);
                     return;
                 }
             };
-            match self.dial(addr).await {
+            let addr = target.socket;
+            match self.dial(&target).await {
                 Ok(stream) => break stream,
                 Err(Dial::Tcp(e)) => debug!(%addr, error = %e, "hijack: dial failed"),
                 Err(Dial::Tls(e)) if !tls_warned => {
@@ -132,12 +134,13 @@ impl HijackRelay {
     /// `--upstream-cert-path` makes the TLS handshake (also within `--connect-timeout`).
     async fn dial(
         &self,
-        addr: std::net::SocketAddr,
+        upstream: &Upstream,
     ) -> Result<
         Either<TcpStream, crate::tls::TlsConn<tokio_rustls::client::TlsStream<TcpStream>>>,
         Dial,
     > {
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+        let connect = TcpStream::connect(upstream.socket);
+        let tcp = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return Err(Dial::Tcp(e)),
             Err(_) => return Err(Dial::Tcp(std::io::ErrorKind::TimedOut.into())),
@@ -146,7 +149,7 @@ impl HijackRelay {
         let Some(tls) = &self.upstream_tls else {
             return Ok(Either::Left(tcp));
         };
-        let name = manager_server_name(self.hold.router(), addr);
+        let name = crate::tls::server_name(&upstream.tls_name(), upstream.socket);
         match tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(Either::Right(stream)),
             Ok(Err(e)) => Err(Dial::Tls(e)),

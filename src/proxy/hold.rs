@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Router, Upstream};
 
 /// First re-dial delay after a failed dial to an unchanged leader; doubles up to the max.
 const REDIAL_FIRST: Duration = Duration::from_millis(25);
@@ -85,25 +85,23 @@ impl Hold {
         }
     }
 
-    /// Where to send the request now, waiting if no leader is reachable.
+    /// Where to send the request now, waiting if no leader is reachable: the whole
+    /// upstream (its address, and the name its TLS certificate must carry).
     pub async fn next_upstream(
         self: &Arc<Self>,
         state: &mut HoldState,
-    ) -> Result<SocketAddr, HoldError> {
+    ) -> Result<Arc<Upstream>, HoldError> {
         loop {
             let (generation, leader) = {
                 let snapshot = self.router.current();
-                (
-                    snapshot.generation,
-                    snapshot.leader.as_ref().map(|u| u.socket),
-                )
+                (snapshot.generation, snapshot.leader.clone())
             };
             let retry_same = state.last_failed && state.last.map(|(g, _)| g) == Some(generation);
-            if let (Some(addr), false) = (leader, retry_same) {
-                state.last = Some((generation, addr));
+            if let (Some(upstream), false) = (&leader, retry_same) {
+                state.last = Some((generation, upstream.socket));
                 state.last_failed = false;
                 state.permit = None;
-                return Ok(addr);
+                return Ok(upstream.clone());
             }
             if state.permit.is_none() {
                 state.permit = Some(self.try_hold()?);
@@ -185,7 +183,7 @@ mod tests {
 
     fn hold(timeout_ms: u64, max_held: usize) -> Arc<Hold> {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         Arc::new(Hold::new(
             router,
             metrics,
@@ -226,7 +224,7 @@ mod tests {
             .await;
         let mut state = hold.start();
         let first = hold.next_upstream(&mut state).await.unwrap();
-        assert_eq!(first.port(), 1001);
+        assert_eq!(first.socket.port(), 1001);
         state.mark_failed();
         let next = {
             let hold = hold.clone();
@@ -237,6 +235,6 @@ mod tests {
                 LeaderAddr::parse("127.0.0.1:1002").unwrap(),
             ))
             .await;
-        assert_eq!(next.await.unwrap().unwrap().port(), 1002);
+        assert_eq!(next.await.unwrap().unwrap().socket.port(), 1002);
     }
 }

@@ -24,15 +24,15 @@ use tracing::info;
 use super::docker_error_body;
 use super::hold::{Hold, HoldState};
 use crate::metrics::Metrics;
-use crate::tls::{manager_name, UpstreamTls};
+use crate::tls::UpstreamTls;
 
 /// How long an idle upstream TCP connection waits before the kernel probes it: long streams
 /// (`logs -f`, `events`) to a manager whose host vanished must end, not hang.
 pub fn upstream_keepalive() -> TcpKeepalive {
     TcpKeepalive {
-        idle: Duration::from_secs(30),
-        interval: Duration::from_secs(10),
-        count: 3,
+        idle: crate::keepalive::IDLE,
+        interval: crate::keepalive::INTERVAL,
+        count: crate::keepalive::RETRIES as usize,
         #[cfg(target_os = "linux")]
         user_timeout: Duration::ZERO,
     }
@@ -71,7 +71,7 @@ impl DockerApi {
         connect_timeout: Duration,
         upstream_tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
-        let swarm = hold.router().source() == crate::discovery::Scheme::Swarm.as_str();
+        let swarm = hold.router().source() == crate::discovery::Scheme::Swarm;
         Self {
             hold,
             metrics,
@@ -82,8 +82,9 @@ impl DockerApi {
     }
 }
 
-/// The methods DESIGN.md calls idempotent: only these are ever sent twice after being
-/// written (PUT and DELETE are idempotent in HTTP but not in what Docker does with them).
+/// The methods docs/failover.md#retries calls idempotent: only these are ever sent twice
+/// after being written (PUT and DELETE are idempotent in HTTP but not in what Docker does
+/// with them).
 fn may_resend(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -108,8 +109,8 @@ impl ProxyHttp for DockerApi {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let addr = match self.hold.next_upstream(&mut ctx.hold).await {
-            Ok(addr) => addr,
+        let upstream = match self.hold.next_upstream(&mut ctx.hold).await {
+            Ok(upstream) => upstream,
             Err(e) => {
                 let message = match ctx.no_leader {
                     Some(addr) => format!(
@@ -123,12 +124,13 @@ impl ProxyHttp for DockerApi {
             }
         };
         // For --on-leader-change: the front ends this request if its upstream is replaced.
+        let addr = upstream.socket;
         super::drain::record_upstream(addr);
         let mut peer = match &self.upstream_tls {
             None => HttpPeer::new(addr, false, String::new()),
             Some(tls) => {
                 // Never empty: pingora skips verification for a peer without SNI.
-                let mut peer = HttpPeer::new(addr, true, manager_name(self.hold.router(), addr));
+                let mut peer = HttpPeer::new(addr, true, upstream.tls_name());
                 let material = tls.current();
                 peer.options.ca = Some(material.ca.clone());
                 peer.client_cert_key = material.cert_key.clone();

@@ -34,21 +34,11 @@ use super::drain::Drain;
 use super::hold::Hold;
 use crate::metrics::Metrics;
 
-/// TCP keepalive for both sockets of a relayed connection: the same probing as the L7 path
-/// (idle 30 s, then every 10 s, 3 tries), so a vanished peer ends the connection in about a
-/// minute instead of never.
-pub fn keepalive() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3)
-}
-
 /// Sets what every relayed TCP socket gets: no Nagle delay (interactive sessions) and
-/// keepalive probes.
+/// keepalive probes (crate::keepalive), so a vanished peer ends the connection.
 pub fn tune(tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive());
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&crate::keepalive::socket2());
 }
 
 /// The L4 proxy, shared by every listener in `--mode tcp`.
@@ -96,7 +86,7 @@ impl L4Proxy {
         let mut state = self.hold.start();
         let (mut upstream, addr) = loop {
             let addr = match self.hold.next_upstream(&mut state).await {
-                Ok(addr) => addr,
+                Ok(upstream) => upstream.socket,
                 Err(e) => {
                     self.refused.inc();
                     info!(target: "access", %peer, error = %e,
@@ -229,8 +219,8 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Counted<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OnLeaderChange;
     use crate::discovery::{LeaderAddr, LeaderEvent};
+    use crate::proxy::drain::OnLeaderChange;
     use crate::router::Router;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -278,7 +268,7 @@ mod tests {
     #[tokio::test]
     async fn relays_half_close_and_counts_bytes() {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         let up = echo_server().await;
         router
             .apply(LeaderEvent::Leader(
@@ -307,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_leader_the_connection_waits_then_closes() {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         let l4 = proxy(&router, &metrics, 100);
         let (mut client, server) = tokio::io::duplex(1024);
         let started = Instant::now();
@@ -343,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn close_policy_ends_the_connection_at_a_change() {
         let metrics = Arc::new(Metrics::new());
-        let router = Arc::new(Router::new("etcd", metrics.clone()));
+        let router = Arc::new(Router::new(crate::discovery::Scheme::Etcd, metrics.clone()));
         let (a, b) = (echo_server().await, echo_server().await);
         router
             .apply(LeaderEvent::Leader(

@@ -322,10 +322,9 @@ fn client(proxy: std::net::SocketAddr, stop: Arc<AtomicBool>, answers: Arc<Mutex
     }
 }
 
-/// The failover test (docs/testing.md, "Failover tests"): three managers running for
-/// election by the store's recipe, a client sending a mixed GET/POST request every 10 ms
-/// through the proxy, the primary killed with SIGKILL and restarted as a replica, three
-/// rounds.
+/// The failover test (docs/testing.md#failover-tests): three managers running for election
+/// by the store's recipe, a client sending a mixed GET/POST request every 10 ms through the
+/// proxy, the primary killed with SIGKILL and restarted as a replica, three rounds.
 pub fn failover(store: impl StoreHarness, label: &str) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("writes.log");

@@ -1,8 +1,8 @@
-//! A real dockerd for one test, as docs/testing.md runs it: its own dirs in a temp dir under
-//! /tmp (short paths: containerd's and the shims' unix sockets live under the exec root),
-//! `-H unix://DIR/docker.sock -H tcp://127.0.0.1:PORT` on a free port, no iptables, no
-//! bridge, the vfs storage driver, its own pidfile and an empty daemon.json (the machine's
-//! /etc/docker is not read). There is no registry: a busybox image is imported as
+//! A real dockerd for one test, as docs/testing.md#dockerd runs it: its own dirs in a temp
+//! dir under /tmp (short paths: containerd's and the shims' unix sockets live under the exec
+//! root), `-H unix://DIR/docker.sock -H tcp://127.0.0.1:PORT` on a free port, no iptables,
+//! no bridge, the vfs storage driver, its own pidfile and an empty daemon.json (the
+//! machine's /etc/docker is not read). There is no registry: a busybox image is imported as
 //! `bb:local` from busybox-static. Containers run with `--network none`.
 //!
 //! Dropping it removes every container (dockerd is still running) and stops dockerd

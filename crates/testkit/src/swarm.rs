@@ -1,4 +1,5 @@
-//! A real Docker swarm of three managers for one test, by docs/testing.md's recipe:
+//! A real Docker swarm of three managers for one test, by the recipe of
+//! docs/testing.md#swarm-mode:
 //! three dockerd on 127.0.0.21-23, each with its own dirs in one temp dir under /tmp, its
 //! own empty daemon.json, `-H tcp://127.0.0.2X:2375`, no iptables, no bridge, vfs; then
 //! `swarm init --advertise-addr 127.0.0.21 --listen-addr 127.0.0.21:2377 --data-path-port

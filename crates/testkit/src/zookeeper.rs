@@ -20,7 +20,7 @@ use zookeeper_client as zk;
 
 use crate::server_process::{self, free_ports};
 
-const INSTALL: &str = "apt-get install zookeeper (and default-jre-headless if `java` is missing)";
+const INSTALL: &str = "scripts/install-deps (libzookeeper-java, openjdk-17-jre-headless)";
 const JAR: &str = "/usr/share/java/zookeeper.jar";
 /// A logger for ZooKeeper's slf4j (otherwise it logs nothing); part of libslf4j-java, which
 /// the zookeeper package pulls in.

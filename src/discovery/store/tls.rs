@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::SourceError;
+use crate::discovery::SourceError;
 
 /// The CA that signed the store's certificate.
 pub(crate) const CA_FILE: &str = "kv.cacertfile";

@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::etcd2::security;
-use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
-use super::store_tls::hint_client_certificate;
-use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
+use super::tls::hint_client_certificate;
+use super::{Link, Session, Stop};
+use crate::discovery::REPLY_TIMEOUT;
+use crate::discovery::{Election, SourceConfig, SourceError};
 
 /// Follows an election through etcd's v3 API.
 pub struct Etcd3Source {
@@ -58,7 +58,7 @@ impl Etcd3Source {
             .with_connect_timeout(config.connect_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(false)
-            .with_tcp_keepalive(Duration::from_secs(30))
+            .with_tcp_keepalive(crate::keepalive::IDLE)
             // A member cut off from its cluster's leader cancels the watch instead of
             // serving a stale election.
             .with_require_leader(true);
@@ -132,6 +132,12 @@ impl Etcd3Source {
 
 #[async_trait]
 impl Session for Etcd3Source {
+    const STORE: &'static str = "etcd";
+
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
         let mut read_once = false;
         let result: Result<Infallible, Stop> = async {
@@ -202,14 +208,6 @@ impl Session for Etcd3Source {
             }
             Err(stop) => stop,
         }
-    }
-}
-
-#[async_trait]
-impl LeaderSource for Etcd3Source {
-    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
-        let hosts = self.hosts.clone();
-        follow(&*self, "etcd", &hosts, &events).await;
     }
 }
 

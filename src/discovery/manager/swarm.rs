@@ -28,11 +28,11 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::probe::{
+use super::{
     error_message, excerpt, managers, refuse_options, run, Garbage, Manager, Poller, Prober, Round,
     Verdict,
 };
-use super::{
+use crate::discovery::{
     Election, LeaderAddr, LeaderEvent, LeaderSource, SourceConfig, SourceError, ValueError,
 };
 
@@ -275,7 +275,8 @@ mod tests {
 
     #[test]
     fn api_port_from_the_entry_with_the_leaders_host() {
-        let url = super::super::DiscoveryUrl::parse("swarm://10.0.0.1:2375,10.0.0.2:2376").unwrap();
+        let url =
+            crate::discovery::DiscoveryUrl::parse("swarm://10.0.0.1:2375,10.0.0.2:2376").unwrap();
         let poller = SwarmPoller {
             managers: managers(&url, false).unwrap(),
             prober: Prober::new(std::time::Duration::from_secs(1), None).unwrap(),

@@ -26,10 +26,11 @@
 //! - The watch is registered between two identical reads (requests of one session are
 //!   served in order), so the state read is exactly the state the watch starts from and no
 //!   event is counted twice. If anything changed in between, it is done again.
-//! - At start-up there is no history, so the staleness rules of DESIGN.md decide from the
-//!   zxids: the lowest child created after the data was written means the writer's child is
-//!   gone (stale); no child added or removed since the write means fresh; otherwise the
-//!   data is trusted (a child's `czxid` says when it queued, not when it won).
+//! - At start-up there is no history, so the staleness rules of
+//!   docs/failover.md#zookeeper-staleness decide from the zxids: the lowest child created
+//!   after the data was written means the writer's child is gone (stale); no child added or
+//!   removed since the write means fresh; otherwise the data is trusted (a child's `czxid`
+//!   says when it queued, not when it won).
 //! - One ZooKeeper session per endpoint and connection: when the connection drops the
 //!   session is given up (the proxy holds no ephemeral node, so nothing is lost) and
 //!   [`follow`] reads again on a new one, from the same endpoint first and then the others.
@@ -55,12 +56,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tracing::debug;
 use zookeeper_client as zk;
 
-use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
-use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
+use super::{Link, Session, Stop};
+use crate::discovery::REPLY_TIMEOUT;
+use crate::discovery::{Election, SourceConfig, SourceError};
 
 /// The session timeout asked for. The proxy gives a session up as soon as its connection
 /// drops, so this only says how long the server keeps an abandoned one; ZooKeeper clamps it
@@ -319,6 +320,12 @@ impl ZkSource {
 
 #[async_trait]
 impl Session for ZkSource {
+    const STORE: &'static str = "zookeeper";
+
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
         let result: Result<Infallible, Stop> = async {
             let client = self.connect(endpoint).await?;
@@ -345,14 +352,6 @@ impl Session for ZkSource {
             Ok(never) => match never {},
             Err(stop) => stop,
         }
-    }
-}
-
-#[async_trait]
-impl LeaderSource for ZkSource {
-    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
-        let hosts = self.hosts.clone();
-        follow(&*self, "zookeeper", &hosts, &events).await;
     }
 }
 
@@ -487,7 +486,7 @@ impl State {
 }
 
 /// `key` at start-up, without history: which child wrote the data, if it still holds the
-/// lock (DESIGN.md's rules, in that order).
+/// lock (the start-up rules of docs/failover.md#zookeeper-staleness, in that order).
 fn writer_at_start(lowest: &str, lowest_czxid: i64, node: &zk::Stat) -> Option<String> {
     if lowest_czxid > node.mzxid {
         // The lowest child queued after the write: the writer's child is gone.

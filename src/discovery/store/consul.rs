@@ -26,7 +26,7 @@
 //! roots, ureq). `consulrs` 0.1.0 (2021, unmaintained) has the same 404 problem, `unwrap()`s
 //! header values, and is built on reqwest 0.11. The read needed here is one GET with three
 //! headers, so it is written on the reqwest client the etcd v2 backend already uses, with
-//! the store TLS of [`super::store_tls`].
+//! the store TLS of [`super::tls`].
 //!
 //! Options (`--discovery-opt`): `kv.token` (the ACL token, sent as `X-Consul-Token`; the
 //! `CONSUL_HTTP_TOKEN` environment variable, as Consul's own tools read it, is used when the
@@ -45,13 +45,13 @@ use base64::Engine as _;
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
-use super::http_store::HttpStore;
-use super::store_tls::{StoreTls, CA_FILE, CERT_FILE, KEY_FILE};
-use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
+use super::http::HttpStore;
+use super::tls::{StoreTls, CA_FILE, CERT_FILE, KEY_FILE};
+use super::{Link, Session, Stop};
+use crate::discovery::REPLY_TIMEOUT;
+use crate::discovery::{Election, SourceConfig, SourceError};
 
 /// How long one blocking query may wait. Consul answers at the latest after this plus up
 /// to 1/16 of it (its own jitter); an agent that vanished without closing the connection is
@@ -286,6 +286,12 @@ fn next_index(waited_on: u64, returned: u64) -> u64 {
 
 #[async_trait]
 impl Session for ConsulSource {
+    const STORE: &'static str = "consul";
+
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
         let url = &self.keys[endpoint];
         let result: Result<Infallible, Stop> = async {
@@ -318,14 +324,6 @@ impl Session for ConsulSource {
             Ok(never) => match never {},
             Err(stop) => stop,
         }
-    }
-}
-
-#[async_trait]
-impl LeaderSource for ConsulSource {
-    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
-        let hosts = self.hosts.clone();
-        follow(&*self, "consul", &hosts, &events).await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! A source implements [`Poller`]: one round of questions to its managers, summed up in a
 //! [`Round`] (what they said about the election, which answers were garbage, who could not
 //! be asked). [`run`] polls forever and turns rounds into events the way the store backends
-//! do (see [`super::follow`]): the leader is announced only when it changes, an outage (no
+//! do (see [`super::store`]): the leader is announced only when it changes, an outage (no
 //! manager answered) is reported once and keeps the last leader, the full state is announced
 //! again when the managers answer after an outage (that is how the router learns they are
 //! back), and a garbage answer is rejected once, not at every poll.
@@ -23,6 +23,9 @@
 //! `--tlsverify`. A failed handshake is a failure like a refused connection (the manager
 //! is skipped; none answering is an outage), named as a TLS failure in the events and logs.
 
+pub(super) mod static_probe;
+pub(super) mod swarm;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,8 +34,10 @@ use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
-use super::follow::{Announcer, Closed, REPLY_TIMEOUT};
-use super::{DiscoveryUrl, LeaderAddr, LeaderEvent, SourceError, ValueError};
+use crate::discovery::announce::{Announcer, Closed};
+use crate::discovery::{
+    DiscoveryUrl, LeaderAddr, LeaderEvent, SourceError, ValueError, REPLY_TIMEOUT,
+};
 use crate::tls::UpstreamTls;
 
 /// The largest answer read from a manager. `GET /nodes` of a swarm with a thousand nodes is
@@ -51,14 +56,17 @@ const TLS_ONLY: &str = "a manager that speaks only TLS needs --upstream-cert-pat
 
 /// A manager as the DISCOVERY URL names it.
 #[derive(Clone, Debug)]
-pub(super) struct Manager {
+pub(in crate::discovery) struct Manager {
     pub addr: LeaderAddr,
     /// `http://host:port` (`https://` with TLS), the base of every request.
     base: String,
 }
 
 /// The managers of `url`, in the URL's order, spoken to over TLS if `tls`.
-pub(super) fn managers(url: &DiscoveryUrl, tls: bool) -> Result<Vec<Manager>, SourceError> {
+pub(in crate::discovery) fn managers(
+    url: &DiscoveryUrl,
+    tls: bool,
+) -> Result<Vec<Manager>, SourceError> {
     let scheme = if tls { "https" } else { "http" };
     url.hosts()
         .iter()
@@ -76,7 +84,7 @@ pub(super) fn managers(url: &DiscoveryUrl, tls: bool) -> Result<Vec<Manager>, So
 
 /// Refuses `--discovery-opt`: the `kv.*` options are about a store, and these sources have
 /// none. Saying so beats silently ignoring a CA file the user believes is in use.
-pub(super) fn refuse_options(
+pub(in crate::discovery) fn refuse_options(
     scheme: &str,
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), SourceError> {
@@ -93,13 +101,13 @@ pub(super) fn refuse_options(
 }
 
 /// One manager's answer: the status and the whole body (at most [`MAX_ANSWER`]).
-pub(super) struct Answer {
+pub(in crate::discovery) struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
 }
 
 /// Asks managers `GET` questions.
-pub(super) struct Prober {
+pub(in crate::discovery) struct Prober {
     connect_timeout: Duration,
     /// The whole exchange: dialling (bounded by `--connect-timeout` on its own) and the answer.
     reply_timeout: Duration,
@@ -288,7 +296,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 
 /// The start of an answer, for events and logs (managers' answers are not trusted to be
 /// short or printable; the router and the logs escape what they show).
-pub(super) fn excerpt(body: &[u8]) -> String {
+pub(in crate::discovery) fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(body)
         .trim()
         .chars()
@@ -297,7 +305,7 @@ pub(super) fn excerpt(body: &[u8]) -> String {
 }
 
 /// The `message` of a Docker API error body (`{"message": "…"}`), else the body's start.
-pub(super) fn error_message(body: &[u8]) -> String {
+pub(in crate::discovery) fn error_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct DockerError {
         message: String,
@@ -310,7 +318,7 @@ pub(super) fn error_message(body: &[u8]) -> String {
 
 /// What one round of questions found.
 #[derive(Debug, Default)]
-pub(super) struct Round {
+pub(in crate::discovery) struct Round {
     /// What the managers said about the election; `None` when no manager gave a usable
     /// answer (then the last leader is kept).
     pub verdict: Option<Verdict>,
@@ -322,7 +330,7 @@ pub(super) struct Round {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(in crate::discovery) enum Verdict {
     Leader(LeaderAddr),
     /// The election is open.
     NoLeader,
@@ -330,19 +338,19 @@ pub(super) enum Verdict {
 
 /// A garbage answer: what was said, and why it is not usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Garbage {
+pub(in crate::discovery) struct Garbage {
     pub value: String,
     pub reason: ValueError,
 }
 
 /// One source's way of asking its managers.
 #[async_trait]
-pub(super) trait Poller: Send {
+pub(in crate::discovery) trait Poller: Send {
     async fn poll(&mut self) -> Round;
 }
 
 /// Turns rounds into events: only what changes what the proxy does is told.
-pub(super) struct Reporter<'a> {
+pub(in crate::discovery) struct Reporter<'a> {
     events: &'a mpsc::Sender<LeaderEvent>,
     scheme: &'static str,
     announcer: Announcer,
@@ -381,7 +389,7 @@ impl<'a> Reporter<'a> {
                 return Ok(());
             }
             self.degraded = true;
-            warn!(%reason, "no {}:// manager answers; keeping the last leader", self.scheme);
+            // The router logs the outage, once, as it does for every source.
             return self
                 .send(LeaderEvent::Degraded(format!(
                     "{}:// managers: {reason}",
@@ -404,8 +412,7 @@ impl<'a> Reporter<'a> {
             if known {
                 continue;
             }
-            warn!(answer = ?garbage.value, reason = %garbage.reason,
-                "a {}:// manager gave an unusable answer", self.scheme);
+            // The router logs the rejected value, as it does for every source.
             self.send(LeaderEvent::Rejected {
                 value: garbage.value,
                 reason: garbage.reason,
@@ -428,7 +435,7 @@ impl<'a> Reporter<'a> {
 /// Polls every `interval` (measured from the start of one round to the start of the next;
 /// a round that takes longer delays the next instead of bunching them) until the receiver
 /// is dropped.
-pub(super) async fn run<P: Poller>(
+pub(in crate::discovery) async fn run<P: Poller>(
     mut poller: P,
     interval: Duration,
     scheme: &'static str,
@@ -549,7 +556,7 @@ mod tests {
 
     #[test]
     fn store_options_and_contenders_are_refused() {
-        use super::super::{source_for, Election, SourceConfig};
+        use crate::discovery::{source_for, Election, SourceConfig};
         for scheme in ["swarm", "static"] {
             let config = |election, options: &[(&str, &str)]| SourceConfig {
                 url: DiscoveryUrl::parse(&format!("{scheme}://127.0.0.1:2375")).unwrap(),

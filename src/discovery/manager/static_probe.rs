@@ -26,11 +26,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::probe::{
+use super::{
     error_message, excerpt, managers, refuse_options, run, Garbage, Manager, Poller, Prober, Round,
     Verdict,
 };
-use super::{
+use crate::discovery::{
     Election, LeaderAddr, LeaderEvent, LeaderSource, SourceConfig, SourceError, ValueError,
 };
 
@@ -256,7 +256,7 @@ mod tests {
     use super::*;
 
     fn poller(url: &str) -> StaticPoller {
-        let url = super::super::DiscoveryUrl::parse(url).unwrap();
+        let url = crate::discovery::DiscoveryUrl::parse(url).unwrap();
         StaticPoller {
             managers: managers(&url, false).unwrap(),
             prober: Prober::new(std::time::Duration::from_secs(1), None).unwrap(),

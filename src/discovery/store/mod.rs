@@ -7,18 +7,22 @@
 //! store is back). The [`Announcer`] turns what the store holds into events, telling the
 //! router only what changes what the proxy does.
 
+pub(super) mod consul;
+pub(super) mod etcd2;
+pub(super) mod etcd3;
+mod http;
+mod tls;
+pub(super) mod zookeeper;
+
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
-use super::{LeaderAddr, LeaderEvent};
-
-/// How long a store may take to answer once connected. A quorum read on a healthy cluster
-/// takes milliseconds; one that loses its quorum never answers, and must count as an outage.
-pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::discovery::announce::{Announcer, Closed};
+use crate::discovery::backoff::Backoff;
+use crate::discovery::{LeaderEvent, LeaderSource};
 
 /// A session that lasted this long proves the store healthy again, so the next failure
 /// retries quickly instead of continuing a grown backoff.
@@ -59,70 +63,6 @@ impl Stop {
 impl From<Closed> for Stop {
     fn from(_: Closed) -> Self {
         Stop::Closed
-    }
-}
-
-/// The events receiver was dropped.
-pub(super) struct Closed;
-
-/// What was last told about the leader, so that the same state read again (a TTL refresh,
-/// a re-read after a cleared index or a compaction) tells the router nothing new.
-#[derive(Debug, Default)]
-pub(super) struct Announcer {
-    /// `None`: nothing told yet (or forgotten after an outage); `Some(None)`: no leader.
-    announced: Option<Option<LeaderAddr>>,
-    /// The garbage value last rejected, so a garbage value refreshed is rejected only once.
-    rejected: Option<String>,
-}
-
-impl Announcer {
-    /// After an outage the router must hear the current state even if it did not change:
-    /// that is how it learns the store is back.
-    pub(super) fn forget(&mut self) {
-        *self = Self::default();
-    }
-
-    /// Tells the router what the store now holds (`None`: no leader), if that changes what
-    /// the proxy does.
-    pub(super) async fn observe(
-        &mut self,
-        value: Option<&str>,
-        events: &mpsc::Sender<LeaderEvent>,
-    ) -> Result<(), Closed> {
-        let event = match value {
-            None => {
-                self.rejected = None;
-                if self.announced == Some(None) {
-                    return Ok(());
-                }
-                self.announced = Some(None);
-                LeaderEvent::NoLeader
-            }
-            Some(raw) => match LeaderAddr::parse(raw) {
-                Ok(addr) => {
-                    self.rejected = None;
-                    if self.announced.as_ref() == Some(&Some(addr.clone())) {
-                        return Ok(());
-                    }
-                    self.announced = Some(Some(addr.clone()));
-                    LeaderEvent::Leader(addr)
-                }
-                Err(reason) => {
-                    if self.rejected.as_deref() == Some(raw) {
-                        return Ok(());
-                    }
-                    warn!(value = ?raw.chars().take(200).collect::<String>(), %reason,
-                        "the store holds an invalid leader value");
-                    self.rejected = Some(raw.to_string());
-                    LeaderEvent::Rejected {
-                        value: raw.to_string(),
-                        reason,
-                    }
-                }
-            },
-        };
-        debug!(?event, "announcing");
-        events.send(event).await.map_err(|_| Closed)
     }
 }
 
@@ -167,7 +107,7 @@ impl<'a> Link<'a> {
             return Ok(());
         }
         self.degraded = true;
-        warn!(%reason, "store unreachable; keeping the last leader");
+        // The router logs the outage (once, whichever source reported it).
         self.events
             .send(LeaderEvent::Degraded(reason))
             .await
@@ -175,21 +115,34 @@ impl<'a> Link<'a> {
     }
 }
 
-/// One connection to one endpoint: read the election, announce it through the link, watch
-/// it, until the store fails (or the receiver is gone).
+/// A watched store: one connection to one endpoint reads the election, announces it
+/// through the link, and watches it until the store fails (or the receiver is gone).
 #[async_trait]
-pub(super) trait Session: Sync {
+pub(super) trait Session: Send + Sync + 'static {
+    /// The store's name in logs and outage reasons (`etcd`, `zookeeper`, `consul`).
+    const STORE: &'static str;
+
+    /// The endpoints, as the DISCOVERY URL lists them; `session` is given an index into it.
+    fn hosts(&self) -> &[String];
+
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop;
+}
+
+/// Every watched store is a [`LeaderSource`] the same way: [`follow`] runs its sessions.
+pub(super) struct Followed<S>(pub S);
+
+#[async_trait]
+impl<S: Session> LeaderSource for Followed<S> {
+    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
+        follow(&self.0, &events).await;
+    }
 }
 
 /// Runs sessions until the receiver is dropped: endpoints are tried in turn, an outage
 /// (every endpoint failed) is reported once, and retries back off with jitter.
-pub(super) async fn follow<S: Session>(
-    source: &S,
-    store: &str,
-    hosts: &[String],
-    events: &mpsc::Sender<LeaderEvent>,
-) {
+async fn follow<S: Session>(source: &S, events: &mpsc::Sender<LeaderEvent>) {
+    let store = S::STORE;
+    let hosts = source.hosts();
     let following = async {
         let mut link = Link::new(events);
         let mut backoff = Backoff::for_store();
@@ -234,51 +187,4 @@ pub(super) async fn follow<S: Session>(
         () = events.closed() => {}
     }
     debug!("{store} source stopped: nobody listens");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn announces_only_what_changes_the_proxy() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut announcer = Announcer::default();
-        for value in [
-            Some("10.0.0.1:2375"),
-            Some("10.0.0.1:2375"), // TTL refresh
-            Some("garbage"),
-            Some("garbage"), // refreshed garbage
-            Some("junk"),
-            Some("10.0.0.1:2375"), // the kept leader, written again
-            None,
-            None,
-            Some("10.0.0.2:2375"),
-        ] {
-            assert!(announcer.observe(value, &tx).await.is_ok());
-        }
-        announcer.forget();
-        assert!(announcer.observe(Some("10.0.0.2:2375"), &tx).await.is_ok());
-        drop(tx);
-        let mut seen = Vec::new();
-        while let Some(event) = rx.recv().await {
-            seen.push(match event {
-                LeaderEvent::Leader(a) => a.to_string(),
-                LeaderEvent::NoLeader => "none".into(),
-                LeaderEvent::Rejected { value, .. } => format!("rejected {value}"),
-                LeaderEvent::Degraded(_) => "degraded".into(),
-            });
-        }
-        assert_eq!(
-            seen,
-            [
-                "10.0.0.1:2375",
-                "rejected garbage",
-                "rejected junk",
-                "none",
-                "10.0.0.2:2375",
-                "10.0.0.2:2375"
-            ]
-        );
-    }
 }

@@ -1,29 +1,24 @@
-//! The command line, as DESIGN.md's "Command line" table fixes it (a contract: scripts and
-//! tests depend on it).
+//! The command line: [`Cli`] and the `--help` text, as docs/cli.md fixes them (a contract:
+//! scripts and tests depend on it).
 //!
 //! [`Cli`] holds what one source said, as text: every field is an `Option` or a `Vec`, so
-//! that [`crate::config`] can layer flags over the environment over the `--config` file over
+//! that the configuration can lay flags over the environment over the `--config` file over
 //! the defaults, and check every value the same way whichever source gave it (an error
-//! names the flag, its variable and its file key). Nothing here has a clap default.
+//! names the flag, its variable and its file key). Nothing here has a clap default, which
+//! would hide the lower sources. The same struct is what the file is deserialised into
+//! (serde, kebab-case: the file keys are the long flag names) and clap's `env` names the
+//! variables (`env.rs`), so a new flag is one field here.
 //!
-//! The environment: every option reads `LEADER_PROXY_` + its long name in upper snake case
-//! (`LEADER_PROXY_HOLD_TIMEOUT`), DISCOVERY reads `LEADER_PROXY_DISCOVERY`. The names are
-//! declared with clap's `env` below, but clap does not read them: [`command`] turns them into
-//! help text, and [`crate::config`] reads the variables itself, from the process
-//! environment or from a map a test passes in (so tests never race on the process
-//! environment). Rules there:
-//! - the variable of a repeatable option (`--listen`, `--discovery-opt`) is a comma-separated
-//!   list; on the command line a comma is NOT a separator (give the flag once per value), so
-//!   `--discovery-opt kv.password=a,b` keeps its comma;
-//! - an empty variable counts as unset;
-//! - `--insecure-bind` and `--tlsverify` take `1/0`, `true/false`, `yes/no`, `on/off` in
-//!   their variables (and as `--insecure-bind=false` on the command line, to override a file).
+//! On the command line a comma is NOT a separator (give a repeatable flag once per value),
+//! so `--discovery-opt kv.password=a,b` keeps its comma; only the variables of repeatable
+//! options are comma-separated lists. `--insecure-bind` and `--tlsverify` take an optional
+//! `=BOOL` (`--insecure-bind=false`, to override a file).
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, Parser};
+use serde::Deserialize;
 
-/// Prefix of every environment variable.
-pub const ENV_PREFIX: &str = "LEADER_PROXY_";
+use super::Secret;
 
 const ABOUT: &str = "One stable DOCKER_HOST in front of Swarm managers: follows the leader \
 election and proxies to the current primary";
@@ -65,7 +60,8 @@ which beats the defaults.
 Durations are written like 500ms, 30s, 5m.";
 
 /// `leader-proxy [OPTIONS] <DISCOVERY>`; see the module docs for how the values are layered.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Parser, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     name = "leader-proxy",
     version,
@@ -90,6 +86,7 @@ pub struct Cli {
         env = "LEADER_PROXY_LISTEN",
         help_heading = "Listening"
     )]
+    #[serde(deserialize_with = "super::file::listen")]
     pub listen: Vec<String>,
 
     /// Permissions of unix listeners, in octal. [default: 0660]
@@ -163,7 +160,8 @@ pub struct Cli {
         hide_env_values = true,
         help_heading = "Election"
     )]
-    pub discovery_opt: Vec<String>,
+    #[serde(deserialize_with = "super::file::discovery_opt")]
+    pub discovery_opt: Vec<Secret>,
 
     /// How often swarm:// and static:// managers are polled. [default: 500ms]
     #[arg(
@@ -192,6 +190,7 @@ pub struct Cli {
         env = "LEADER_PROXY_MAX_HELD",
         help_heading = "Proxying"
     )]
+    #[serde(deserialize_with = "super::file::max_held")]
     pub max_held: Option<String>,
 
     /// Timeout for dialling a manager. [default: 2s]
@@ -318,96 +317,16 @@ pub struct Cli {
         env = "LEADER_PROXY_CONFIG",
         help_heading = "Operations"
     )]
+    // Only the flags and the environment name the file: a file naming another is refused
+    // as an unknown key.
+    #[serde(skip)]
     pub config: Option<String>,
 }
 
-impl Cli {
-    /// `self`, with what `self` does not set taken from `lower` (a lower-precedence source).
-    /// A list is taken whole: `--listen` given as a flag replaces the file's `listen`.
-    /// (`discovery_opt` is merged per key by [`crate::config`], not here.)
-    pub fn or(self, lower: Cli) -> Cli {
-        fn list(high: Vec<String>, low: Vec<String>) -> Vec<String> {
-            if high.is_empty() {
-                low
-            } else {
-                high
-            }
-        }
-        Cli {
-            discovery: self.discovery.or(lower.discovery),
-            listen: list(self.listen, lower.listen),
-            socket_mode: self.socket_mode.or(lower.socket_mode),
-            socket_group: self.socket_group.or(lower.socket_group),
-            mode: self.mode.or(lower.mode),
-            insecure_bind: self.insecure_bind.or(lower.insecure_bind),
-            leader_key: self.leader_key.or(lower.leader_key),
-            election: self.election.or(lower.election),
-            discovery_opt: list(self.discovery_opt, lower.discovery_opt),
-            probe_interval: self.probe_interval.or(lower.probe_interval),
-            hold_timeout: self.hold_timeout.or(lower.hold_timeout),
-            max_held: self.max_held.or(lower.max_held),
-            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
-            on_leader_change: self.on_leader_change.or(lower.on_leader_change),
-            drain_timeout: self.drain_timeout.or(lower.drain_timeout),
-            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
-            tlscert: self.tlscert.or(lower.tlscert),
-            tlskey: self.tlskey.or(lower.tlskey),
-            tlscacert: self.tlscacert.or(lower.tlscacert),
-            tlsverify: self.tlsverify.or(lower.tlsverify),
-            upstream_cert_path: self.upstream_cert_path.or(lower.upstream_cert_path),
-            admin: self.admin.or(lower.admin),
-            log_level: self.log_level.or(lower.log_level),
-            log_format: self.log_format.or(lower.log_format),
-            config: self.config.or(lower.config),
-        }
-    }
-}
-
-/// The environment variable of a long flag: `hold-timeout` → `LEADER_PROXY_HOLD_TIMEOUT`.
-pub fn env_name(long: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        long.to_ascii_uppercase().replace('-', "_")
-    )
-}
-
-/// How an option's environment variable is read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EnvKind {
-    /// DISCOVERY.
-    Positional,
-    /// One value.
-    Single,
-    /// A comma-separated list (repeatable options).
-    List,
-    /// A boolean (`1/0`, `true/false`, `yes/no`, `on/off`).
-    Bool,
-}
-
-/// Every option that reads the environment: its long name (`None` for DISCOVERY), its
-/// variable and how the variable is read.
-pub fn env_vars() -> Vec<(Option<String>, String, EnvKind)> {
-    Cli::command()
-        .get_arguments()
-        .filter_map(|arg| {
-            let var = arg.get_env()?.to_string_lossy().into_owned();
-            let kind = if arg.is_positional() {
-                EnvKind::Positional
-            } else if arg.is_require_equals_set() {
-                // Only the boolean flags take `=VALUE` (`--insecure-bind[=BOOL]`).
-                EnvKind::Bool
-            } else if matches!(arg.get_action(), ArgAction::Append) {
-                EnvKind::List
-            } else {
-                EnvKind::Single
-            };
-            Some((arg.get_long().map(str::to_string), var, kind))
-        })
-        .collect()
-}
-
 /// The command to parse the command line with: [`Cli`]'s, with the environment variables
-/// moved from clap's reading into the help text (see the module docs for why).
+/// moved from clap's reading into the help text. `env.rs` reads them instead, from the
+/// process or from a map a test passes in, so that tests never race on the process
+/// environment and a variable's value is checked like the flag's.
 pub fn command() -> clap::Command {
     Cli::command().mut_args(|arg| {
         let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
@@ -434,33 +353,6 @@ mod tests {
     }
 
     #[test]
-    fn env_names_follow_the_contract() {
-        let vars = env_vars();
-        for (long, var, _) in &vars {
-            match long {
-                Some(long) => assert_eq!(*var, env_name(long), "--{long}"),
-                None => assert_eq!(var, "LEADER_PROXY_DISCOVERY"),
-            }
-        }
-        // Every option but --help and --version has a variable.
-        let options = Cli::command()
-            .get_arguments()
-            .filter(|a| !matches!(a.get_action(), ArgAction::Help | ArgAction::Version))
-            .count();
-        assert_eq!(vars.len(), options);
-        let kind = |long: &str| {
-            vars.iter()
-                .find(|v| v.0.as_deref() == Some(long))
-                .map(|v| v.2)
-        };
-        assert_eq!(kind("listen"), Some(EnvKind::List));
-        assert_eq!(kind("discovery-opt"), Some(EnvKind::List));
-        assert_eq!(kind("insecure-bind"), Some(EnvKind::Bool));
-        assert_eq!(kind("tlsverify"), Some(EnvKind::Bool));
-        assert_eq!(kind("hold-timeout"), Some(EnvKind::Single));
-    }
-
-    #[test]
     fn command_does_not_read_the_environment_but_documents_it() {
         let cmd = command();
         assert!(cmd.get_arguments().all(|a| a.get_env().is_none()));
@@ -475,7 +367,7 @@ mod tests {
             .try_get_matches_from(["leader-proxy", "--discovery-opt", "kv.password=a,b", "x"])
             .unwrap();
         let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
-        assert_eq!(cli.discovery_opt, ["kv.password=a,b"]);
+        assert_eq!(cli.discovery_opt[0].expose(), "kv.password=a,b");
     }
 
     #[test]
@@ -490,5 +382,14 @@ mod tests {
         let cli = parse(&["leader-proxy", "--insecure-bind=false"]);
         assert_eq!(cli.insecure_bind, Some(false));
         assert_eq!(parse(&["leader-proxy"]), Cli::default());
+    }
+
+    #[test]
+    fn debug_does_not_print_store_options() {
+        let m = command()
+            .try_get_matches_from(["leader-proxy", "--discovery-opt", "kv.token=hunter2"])
+            .unwrap();
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&m).unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"), "{cli:?}");
     }
 }

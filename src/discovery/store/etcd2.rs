@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::follow::{follow, Link, Session, Stop, REPLY_TIMEOUT};
-use super::http_store::HttpStore;
-use super::store_tls::{hint_client_certificate, StoreTls};
-use super::{Election, LeaderEvent, LeaderSource, SourceConfig, SourceError};
+use super::http::HttpStore;
+use super::tls::{hint_client_certificate, StoreTls};
+use super::{Link, Session, Stop};
+use crate::discovery::REPLY_TIMEOUT;
+use crate::discovery::{Election, SourceConfig, SourceError};
 
 /// A v2 watch can stay silent for hours, and a store that vanished without closing the
 /// connection (power loss, partition) would leave it silent forever: re-issuing the watch
@@ -158,6 +158,12 @@ impl Etcd2Source {
 
 #[async_trait]
 impl Session for Etcd2Source {
+    const STORE: &'static str = "etcd";
+
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     async fn session(&self, endpoint: usize, link: &mut Link<'_>) -> Stop {
         let url = &self.keys[endpoint];
         let mut read_once = false;
@@ -200,14 +206,6 @@ impl Session for Etcd2Source {
             }
             Err(stop) => stop,
         }
-    }
-}
-
-#[async_trait]
-impl LeaderSource for Etcd2Source {
-    async fn run(self: Box<Self>, events: mpsc::Sender<LeaderEvent>) {
-        let hosts = self.hosts.clone();
-        follow(&*self, "etcd", &hosts, &events).await;
     }
 }
 

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use super::store_tls::StoreTls;
-use super::SourceError;
+use super::tls::StoreTls;
+use crate::discovery::SourceError;
+use crate::keepalive;
 
 /// The key's URL on every endpoint, and the client to ask them with.
 pub(super) struct HttpStore {
@@ -42,9 +43,9 @@ impl HttpStore {
         // shutdown is noticed at once anyway.
         let client = builder
             .connect_timeout(connect_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_keepalive_interval(Duration::from_secs(10))
-            .tcp_keepalive_retries(3)
+            .tcp_keepalive(keepalive::IDLE)
+            .tcp_keepalive_interval(keepalive::INTERVAL)
+            .tcp_keepalive_retries(keepalive::RETRIES)
             .build()
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self { urls, client })

@@ -1,0 +1,263 @@
+//! The configuration: the command line, the environment, the `--config` file and the
+//! defaults, layered in that order of precedence and checked, into [`Settings`]. The binary
+//! calls [`load_from_args`]; the parts are:
+//! - `cli.rs`: [`Cli`], the options as text, which the flags are parsed into and the file
+//!   is deserialised into, and the `--help` text (a contract, docs/cli.md);
+//! - `env.rs`: the `LEADER_PROXY_*` variables, found from [`Cli`]'s clap definition;
+//! - `file.rs`: the TOML file;
+//! - `discovery_opts.rs`: `--discovery-opt`, the one option merged per key;
+//! - `resolve.rs`: text to typed [`Settings`], with the defaults;
+//! - `policy.rs`: which listeners may open and which TLS options go together;
+//! - `error.rs`: [`ConfigError`]; `secret.rs`: [`Secret`], for what must not be printed.
+//!
+//! Adding a flag is one field in [`Cli`], whose doc comment is its help: its variable and
+//! its file key follow from it. Its typed value is then a field of [`Settings`] and a line
+//! in `resolve.rs`.
+//!
+//! Every value, whichever source gave it, goes through the same checks, and an error names
+//! the flag, its variable and its file key:
+//! `invalid value "abc" for --hold-timeout (also LEADER_PROXY_HOLD_TIMEOUT / hold-timeout): …`.
+//! Any [`ConfigError`] but `--help` and `--version` means exit status 2
+//! ([`ConfigError::exit`]).
+//!
+//! Layering rules:
+//! - a single value is taken from the highest source that gives it;
+//! - `listen` is a list taken whole from the highest source that gives it;
+//! - `discovery-opt` is merged per key (`discovery_opts.rs`).
+
+pub mod cli;
+mod discovery_opts;
+mod env;
+mod error;
+mod file;
+mod policy;
+mod resolve;
+mod secret;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgMatches, FromArgMatches};
+
+use self::cli::Cli;
+pub use self::error::ConfigError;
+pub use self::secret::Secret;
+use crate::discovery::{DiscoveryUrl, Election, SourceConfig};
+use crate::proxy::drain::OnLeaderChange;
+pub use crate::tls::ClientTls;
+use crate::tls::UpstreamTls;
+
+/// What `main` calls: the command line layered over the process environment, the `--config`
+/// file and the defaults. On `Err(e)`, `e.exit()`.
+pub fn load_from_args<I, T>(args: I) -> Result<Settings, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    load_from(args, &env::process_env()?)
+}
+
+/// [`load_from_args`] with the environment given as a map instead of read from the process,
+/// so that tests never race on the process environment.
+pub fn load_from<I, T>(args: I, env: &HashMap<String, String>) -> Result<Settings, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let flags = cli::command().try_get_matches_from(args)?;
+    let env = env::layer(env)?;
+    let flag_opts = discovery_opts::parse(
+        &Cli::from_arg_matches(&flags)?.discovery_opt,
+        "on the command line",
+    )?;
+    let env_opts = discovery_opts::parse(
+        &Cli::from_arg_matches(&env)?.discovery_opt,
+        "in LEADER_PROXY_DISCOVERY_OPT (a comma separates its entries: give a value with \
+         a comma with --discovery-opt or in the --config file)",
+    )?;
+    // Only the flags and the environment can name the file (it has no `config` key).
+    let config = layered(Cli::default(), [&env, &flags])?.config;
+    let (file, file_opts) = match &config {
+        Some(path) => file::layer(Path::new(path))?,
+        None => (Cli::default(), BTreeMap::new()),
+    };
+    resolve::resolve(
+        layered(file, [&env, &flags])?,
+        discovery_opts::merge([file_opts, env_opts, flag_opts]),
+    )
+}
+
+/// `base` with `layers` laid over it, lowest first: an option a layer gives replaces what is
+/// below it (a list whole), one it does not give is kept. clap's generated updater does the
+/// per-field work, so a new flag needs no code here.
+fn layered(mut base: Cli, layers: [&ArgMatches; 2]) -> Result<Cli, ConfigError> {
+    for layer in layers {
+        base.update_from_arg_matches(layer)?;
+    }
+    Ok(base)
+}
+
+/// A client listener (`--listen`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// `HOST:PORT` (or `tcp://HOST:PORT`); `localhost` is 127.0.0.1. Port 0 = any.
+    Tcp(SocketAddr),
+    /// `unix:///PATH`.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Parses `HOST:PORT`, `tcp://HOST:PORT` or `unix:///PATH`; HOST is an IP literal
+    /// (`[v6]` bracketed) or `localhost`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        if let Some(path) = value.strip_prefix("unix://") {
+            return path
+                .starts_with('/')
+                .then(|| ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let addr = value.strip_prefix("tcp://").unwrap_or(value);
+        resolve::parse_socket_addr(addr).map(ListenAddr::Tcp)
+    }
+
+    /// Only this host can reach it (a loopback address or a unix socket).
+    pub fn is_local(&self) -> bool {
+        match self {
+            ListenAddr::Tcp(addr) => addr.ip().is_loopback(),
+            ListenAddr::Unix(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// The Docker-API-aware L7 proxy.
+    #[default]
+    Http,
+    /// L4 passthrough.
+    Tcp,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The fully resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub discovery: DiscoveryUrl,
+    pub listen: Vec<ListenAddr>,
+    /// Permissions of unix listeners (`--socket-mode`).
+    pub socket_mode: u32,
+    /// Group id of unix listeners (`--socket-group`, by name or number); `None`: the
+    /// process's group.
+    pub socket_group: Option<u32>,
+    pub mode: Mode,
+    pub leader_key: String,
+    pub election: Election,
+    pub hold_timeout: Duration,
+    /// 0 = hold nothing: without a reachable leader every request gets 503 at once.
+    pub max_held: usize,
+    pub connect_timeout: Duration,
+    pub probe_interval: Duration,
+    pub on_leader_change: OnLeaderChange,
+    pub drain_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Every value is a [`Secret`]: which store options are credentials is the backends'
+    /// business, and a list of them kept here would go stale without a sound.
+    pub discovery_opts: BTreeMap<String, Secret>,
+    /// `None` = `--admin off`.
+    pub admin: Option<SocketAddr>,
+    pub insecure_bind: bool,
+    /// A level (`error`, `warn`, `info`, `debug`, `trace`, lower case) or `EnvFilter`
+    /// directives (`info,leader_proxy=debug`), checked to parse.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// TLS for clients on TCP listeners (`--mode http` only).
+    pub tls: Option<ClientTls>,
+    /// `--upstream-cert-path`: TLS to the managers (`ca.pem`, `cert.pem`, `key.pem`).
+    pub upstream_cert_path: Option<PathBuf>,
+}
+
+impl Settings {
+    /// What the discovery backend needs, but for `upstream_tls`: the files of
+    /// `upstream_cert_path` are loaded once by whoever runs the proxy, which gives the same
+    /// [`crate::tls::UpstreamTls`] to the proxy and to the probes (see `src/main.rs`).
+    /// What the leader source needs; `upstream_tls` is the `--upstream-cert-path` instance
+    /// the proxy uses too, so one SIGHUP reloads it for the `swarm://`/`static://` probes.
+    pub fn source_config(&self, upstream_tls: Option<Arc<UpstreamTls>>) -> SourceConfig {
+        SourceConfig {
+            url: self.discovery.clone(),
+            leader_key: self.leader_key.clone(),
+            election: self.election,
+            options: self
+                .discovery_opts
+                .iter()
+                .map(|(key, value)| (key.clone(), value.expose().to_string()))
+                .collect(),
+            connect_timeout: self.connect_timeout,
+            probe_interval: self.probe_interval,
+            upstream_tls,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_support::{file, load, load_env, path, URL};
+
+    #[test]
+    fn precedence_flag_env_file_default() {
+        let f = file("hold-timeout = \"10s\"\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n");
+        let conf = ["--config", path(&f), URL];
+        let hold =
+            |rest: &[&str], vars: &[(&str, &str)]| load_env(rest, vars).unwrap().hold_timeout;
+        assert_eq!(hold(&[URL], &[]), Duration::from_secs(30));
+        assert_eq!(hold(&conf, &[]), Duration::from_secs(10));
+        let env_hold = [("LEADER_PROXY_HOLD_TIMEOUT", "20s")];
+        assert_eq!(hold(&conf, &env_hold), Duration::from_secs(20));
+        let mut flagged = vec!["--hold-timeout", "40s"];
+        flagged.extend(conf);
+        assert_eq!(hold(&flagged, &env_hold), Duration::from_secs(40));
+
+        // Lists are taken whole from the highest source.
+        let listen = |vars: &[(&str, &str)]| load_env(&conf, vars).unwrap().listen.len();
+        assert_eq!(listen(&[]), 2);
+        assert_eq!(listen(&[("LEADER_PROXY_LISTEN", "127.0.0.1:3")]), 1);
+        let s = load_env(
+            &["--listen", "127.0.0.1:4", "--config", path(&f), URL],
+            &[("LEADER_PROXY_LISTEN", "127.0.0.1:3,127.0.0.1:5")],
+        )
+        .unwrap();
+        assert_eq!(s.listen, [ListenAddr::Tcp("127.0.0.1:4".parse().unwrap())]);
+    }
+
+    #[test]
+    fn store_options_reach_the_source_and_no_debug_print() {
+        let s = load(&["--discovery-opt", "kv.token=hunter2", URL]).unwrap();
+        assert_eq!(s.source_config(None).options["kv.token"], "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+    }
+}
