@@ -49,10 +49,8 @@ use pingora_core::protocols::{
 };
 use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -336,38 +334,21 @@ fn error(long: &'static str, path: &Path, reason: impl Into<String>) -> TlsError
 }
 
 fn read(long: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| error(long, path, format!("cannot read it: {e}")))
+    pem::read(path).map_err(|reason| error(long, path, reason))
 }
 
-/// The PEM certificates of a file: at least one, all well-formed.
 fn certificates(
     long: &'static str,
     path: &Path,
-    pem: &[u8],
+    text: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(long, path, format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(error(
-            long,
-            path,
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-        ));
-    }
-    Ok(certs)
+    pem::certificates(text).map_err(|reason| error(long, path, reason))
 }
 
 /// A CA file as a root store.
 fn roots(long: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
-    let pem = read(long, path)?;
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(long, path, &pem)? {
-        roots
-            .add(cert)
-            .map_err(|e| error(long, path, format!("not a usable CA certificate: {e}")))?;
-    }
-    Ok(roots)
+    let text = read(long, path)?;
+    pem::roots(certificates(long, path, &text)?).map_err(|reason| error(long, path, reason))
 }
 
 /// A certificate chain and its private key, checked to belong together.
@@ -376,17 +357,9 @@ fn identity(
     (key_long, key): (&'static str, &Path),
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = certificates(cert_long, cert, &read(cert_long, cert)?)?;
-    // The parser's own error is not shown: it may quote a line of the key file.
-    let private_key = PrivateKeyDer::from_pem_slice(&read(key_long, key)?).map_err(|_| {
-        error(
-            key_long,
-            key,
-            "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
-        )
-    })?;
-    // Proves the key is one rustls can sign with and that it belongs to the certificate: a
-    // mismatch would otherwise fail every handshake, later.
-    CertifiedKey::from_der(chain.clone(), private_key.clone_key(), &provider()).map_err(|e| {
+    let private_key =
+        pem::private_key(&read(key_long, key)?).map_err(|reason| error(key_long, key, reason))?;
+    pem::check_pair(&chain, &private_key).map_err(|e| {
         error(
             key_long,
             key,
@@ -394,6 +367,61 @@ fn identity(
         )
     })?;
     Ok((chain, private_key))
+}
+
+/// Reading PEM files, for every TLS file the proxy takes: the client and upstream
+/// certificates here, and the store's `kv.cacertfile`, `kv.certfile`, `kv.keyfile`. Each
+/// error is the reason alone; the caller names the flag or option and the path.
+pub mod pem {
+    use std::path::Path;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::sign::CertifiedKey;
+    use rustls::RootCertStore;
+
+    pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+        std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
+    }
+
+    /// The PEM certificates of a file's text: at least one, all well-formed.
+    pub fn certificates(text: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_slice_iter(text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+        }
+        Ok(certs)
+    }
+
+    /// Certificates as the only roots trusted.
+    pub fn roots(certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        }
+        Ok(roots)
+    }
+
+    /// The private key of a file's text.
+    pub fn private_key(text: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+        // The parser's own error is not shown: it may quote a line of the key file.
+        PrivateKeyDer::from_pem_slice(text)
+            .map_err(|_| "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it".to_string())
+    }
+
+    /// Proves the key is one rustls can sign with and that it belongs to the certificate:
+    /// a mismatch would otherwise fail every handshake, later. The error is rustls' reason;
+    /// the caller says which two files do not go together.
+    pub fn check_pair(
+        chain: &[CertificateDer<'static>],
+        key: &PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &super::provider()).map(|_| ())
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -28,42 +28,48 @@ impl Announcer {
     }
 
     /// Tells the router what the store now holds (`None`: no leader), if that changes what
-    /// the proxy does.
+    /// the proxy does. A value that is not an address is rejected, once while it stays.
     pub(crate) async fn observe(
         &mut self,
         value: Option<&str>,
         events: &mpsc::Sender<LeaderEvent>,
     ) -> Result<(), Closed> {
-        let event = match value {
-            None => {
-                self.rejected = None;
-                if self.announced == Some(None) {
+        let Some(raw) = value else {
+            return self.announce(None, events).await;
+        };
+        match LeaderAddr::parse(raw) {
+            Ok(addr) => self.announce(Some(addr), events).await,
+            Err(reason) => {
+                if self.rejected.as_deref() == Some(raw) {
                     return Ok(());
                 }
-                self.announced = Some(None);
-                LeaderEvent::NoLeader
+                // The router logs it (escaped, bounded), as for every source.
+                self.rejected = Some(raw.to_string());
+                let event = LeaderEvent::Rejected {
+                    value: raw.to_string(),
+                    reason,
+                };
+                debug!(?event, "announcing");
+                events.send(event).await.map_err(|_| Closed)
             }
-            Some(raw) => match LeaderAddr::parse(raw) {
-                Ok(addr) => {
-                    self.rejected = None;
-                    if self.announced.as_ref() == Some(&Some(addr.clone())) {
-                        return Ok(());
-                    }
-                    self.announced = Some(Some(addr.clone()));
-                    LeaderEvent::Leader(addr)
-                }
-                Err(reason) => {
-                    if self.rejected.as_deref() == Some(raw) {
-                        return Ok(());
-                    }
-                    // The router logs it (escaped, bounded), as for every source.
-                    self.rejected = Some(raw.to_string());
-                    LeaderEvent::Rejected {
-                        value: raw.to_string(),
-                        reason,
-                    }
-                }
-            },
+        }
+    }
+
+    /// Tells the router who leads (`None`: nobody), if that changed. For sources whose
+    /// answer is already an address (the managers' own), so nothing is parsed twice.
+    pub(crate) async fn announce(
+        &mut self,
+        leader: Option<LeaderAddr>,
+        events: &mpsc::Sender<LeaderEvent>,
+    ) -> Result<(), Closed> {
+        self.rejected = None;
+        if self.announced.as_ref() == Some(&leader) {
+            return Ok(());
+        }
+        self.announced = Some(leader.clone());
+        let event = match leader {
+            Some(addr) => LeaderEvent::Leader(addr),
+            None => LeaderEvent::NoLeader,
         };
         debug!(?event, "announcing");
         events.send(event).await.map_err(|_| Closed)

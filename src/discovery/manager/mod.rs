@@ -421,12 +421,8 @@ impl<'a> Reporter<'a> {
         }
         self.rejected = seen;
         match round.verdict {
-            Some(Verdict::Leader(addr)) => {
-                self.announcer
-                    .observe(Some(&addr.to_string()), self.events)
-                    .await
-            }
-            Some(Verdict::NoLeader) => self.announcer.observe(None, self.events).await,
+            Some(Verdict::Leader(addr)) => self.announcer.announce(Some(addr), self.events).await,
+            Some(Verdict::NoLeader) => self.announcer.announce(None, self.events).await,
             None => Ok(()),
         }
     }

@@ -14,15 +14,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::CertificateDer;
+use rustls::ClientConfig;
 
 use crate::discovery::SourceError;
+use crate::tls::pem;
 
 /// The CA that signed the store's certificate.
 pub(crate) const CA_FILE: &str = "kv.cacertfile";
@@ -103,12 +103,8 @@ impl StoreTls {
         };
 
         let ca_pem = read(CA_FILE, ca)?;
-        let mut roots = RootCertStore::empty();
-        for cert in certificates(CA_FILE, ca, &ca_pem)? {
-            roots
-                .add(cert)
-                .map_err(|e| option_error(CA_FILE, format!("{ca}: not a usable CA: {e}")))?;
-        }
+        let roots = pem::roots(certificates(CA_FILE, ca, &ca_pem)?)
+            .map_err(|reason| file_error(CA_FILE, ca, reason))?;
 
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -120,22 +116,14 @@ impl StoreTls {
                 let cert_pem = read(CERT_FILE, cert)?;
                 let chain = certificates(CERT_FILE, cert, &cert_pem)?;
                 let key_pem = read(KEY_FILE, key)?;
-                // The parser's own error is not shown: it may quote a line of the key file.
-                let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                let private_key = pem::private_key(&key_pem)
+                    .map_err(|reason| file_error(KEY_FILE, key, reason))?;
+                pem::check_pair(&chain, &private_key).map_err(|e| {
                     option_error(
                         KEY_FILE,
-                        format!("{key}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it"),
+                        format!("{key} does not go with {CERT_FILE} {cert}: {e}"),
                     )
                 })?;
-                // Proves the key is one rustls can sign with, and that it belongs to the
-                // certificate: a mismatch would otherwise fail every handshake, later.
-                CertifiedKey::from_der(chain.clone(), private_key.clone_key(), &provider())
-                    .map_err(|e| {
-                        option_error(
-                            KEY_FILE,
-                            format!("{key} does not go with {CERT_FILE} {cert}: {e}"),
-                        )
-                    })?;
                 let config = builder
                     .with_client_auth_cert(chain, private_key)
                     .map_err(|e| option_error(KEY_FILE, format!("{key}: {e}")))?;
@@ -212,26 +200,21 @@ fn option_error(option: &str, reason: impl Into<String>) -> SourceError {
     }
 }
 
-fn read(option: &str, path: &str) -> Result<Vec<u8>, SourceError> {
-    std::fs::read(path).map_err(|e| option_error(option, format!("cannot read {path}: {e}")))
+/// `option`'s file at `path` cannot be used, for `reason`.
+fn file_error(option: &str, path: &str, reason: String) -> SourceError {
+    option_error(option, format!("{path}: {reason}"))
 }
 
-/// The PEM certificates in a file: at least one, all well-formed.
+fn read(option: &str, path: &str) -> Result<Vec<u8>, SourceError> {
+    pem::read(Path::new(path)).map_err(|reason| file_error(option, path, reason))
+}
+
 fn certificates(
     option: &str,
     path: &str,
-    pem: &[u8],
+    text: &[u8],
 ) -> Result<Vec<CertificateDer<'static>>, SourceError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| option_error(option, format!("{path}: bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(option_error(
-            option,
-            format!("{path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"),
-        ));
-    }
-    Ok(certs)
+    pem::certificates(text).map_err(|reason| file_error(option, path, reason))
 }
 
 #[cfg(test)]
