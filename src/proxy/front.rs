@@ -92,6 +92,10 @@ impl Front {
                 Ok(Ok(Head::Request { bytes, upgrade })) => (bytes, upgrade),
                 Ok(Ok(Head::Closed)) | Err(_) => return,
                 Ok(Err(e)) => {
+                    if let Some(code) = e.status() {
+                        let message = format!("{e} (leader-proxy)");
+                        super::write_docker_error(&mut stream, code, &message).await;
+                    }
                     debug!(error = %e, "dropping client connection");
                     return;
                 }

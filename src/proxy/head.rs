@@ -31,7 +31,23 @@ pub enum HeadError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads until the end of a request head (`\r\n\r\n`).
+impl HeadError {
+    /// The status a client is answered with before the connection closes, as dockerd and
+    /// HAProxy answer: `431` for a head too large or with too many headers, `400` for one
+    /// that does not parse. `None`: nobody to answer (the client left, the socket broke).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HeadError::TooLarge | HeadError::Malformed(httparse::Error::TooManyHeaders) => {
+                Some(431)
+            }
+            HeadError::Malformed(_) => Some(400),
+            HeadError::Truncated | HeadError::Io(_) => None,
+        }
+    }
+}
+
+/// Reads until the end of a request head: the first empty line, `\r\n\r\n` or a bare
+/// `\n\n` (httparse and pingora accept bare LF line ends, and so do dockerd and HAProxy).
 pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<Head, HeadError> {
     let mut bytes = BytesMut::with_capacity(4096);
     let mut searched: usize = 0;
@@ -43,8 +59,8 @@ pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<Head, HeadErr
                 Err(HeadError::Truncated)
             };
         }
-        // Resume the search three bytes back, in case the terminator straddles two reads.
-        let from = searched.saturating_sub(3);
+        // Resume the search two bytes back, in case the terminator straddles two reads.
+        let from = searched.saturating_sub(2);
         if let Some(end) = find_terminator(&bytes[from..]) {
             let upgrade = carries_upgrade(&bytes[..from + end])?;
             return Ok(Head::Request { bytes, upgrade });
@@ -59,8 +75,18 @@ pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<Head, HeadErr
     }
 }
 
+/// The end of the first empty line in `buf`: after `\n\n` or `\n\r\n`.
 fn find_terminator(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    let mut at = 0;
+    while let Some(i) = buf[at..].iter().position(|&b| b == b'\n') {
+        let newline = at + i;
+        match buf.get(newline + 1..) {
+            Some([b'\n', ..]) => return Some(newline + 2),
+            Some([b'\r', b'\n', ..]) => return Some(newline + 3),
+            _ => at = newline + 1,
+        }
+    }
+    None
 }
 
 /// True if the head has an `Upgrade` header: attach/exec (`tcp`) and BuildKit (`h2c`).
@@ -103,6 +129,47 @@ mod tests {
             Head::Closed => panic!("closed"),
         }
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn bare_lf_heads_end_at_the_first_empty_line() {
+        for head in [
+            &b"GET /_ping HTTP/1.1\nHost: x\n\n"[..],
+            &b"GET /_ping HTTP/1.1\r\nHost: x\n\r\n"[..],
+        ] {
+            let mut io = head;
+            assert!(
+                matches!(
+                    read_head(&mut io).await,
+                    Ok(Head::Request { upgrade: false, .. })
+                ),
+                "{head:?}"
+            );
+        }
+        assert_eq!(find_terminator(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(find_terminator(b"a\n\nrest"), Some(3));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_heads_get_431_and_400() {
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..200 {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let mut io = &many[..];
+        assert_eq!(read_head(&mut io).await.unwrap_err().status(), Some(431));
+
+        let mut huge = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.resize(300 * 1024, b'a');
+        let mut io = &huge[..];
+        assert_eq!(read_head(&mut io).await.unwrap_err().status(), Some(431));
+
+        let mut broken = &b"GET /_ping HTTP/9.9 extra\r\n\r\n"[..];
+        assert_eq!(
+            read_head(&mut broken).await.unwrap_err().status(),
+            Some(400)
+        );
     }
 
     #[tokio::test]

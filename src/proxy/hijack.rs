@@ -22,9 +22,9 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, info, warn};
 
-use super::docker_error_body;
 use super::drain::Drain;
 use super::hold::Hold;
+use super::write_docker_error;
 use crate::metrics::Metrics;
 use crate::router::Upstream;
 use crate::tls::UpstreamTls;
@@ -165,19 +165,7 @@ impl HijackRelay {
     }
 
     async fn reject_with<C: AsyncWrite + Unpin>(&self, client: &mut C, code: u16, message: &str) {
-        let body = docker_error_body(message);
-        let reason = if code == 503 {
-            "Service Unavailable"
-        } else {
-            "Bad Gateway"
-        };
-        let head = format!(
-            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        // The client may be gone already; there is nobody left to tell.
-        let _ = client.write_all(head.as_bytes()).await;
-        let _ = client.write_all(&body).await;
+        write_docker_error(client, code, message).await;
         let _ = client.shutdown().await;
     }
 

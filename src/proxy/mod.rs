@@ -13,7 +13,29 @@ pub mod http;
 pub mod listener;
 pub mod tcp;
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 /// A Docker-style error body (`{"message": "…"}`), which the docker CLI prints as is.
 pub fn docker_error_body(message: &str) -> bytes::Bytes {
     serde_json::json!({ "message": message }).to_string().into()
+}
+
+/// Answers `code` with a Docker-style error body on a connection the proxy is about to
+/// close (`Connection: close`), for the paths that write their own answers (the front, the
+/// hijack relay) rather than pingora's.
+pub async fn write_docker_error<C: AsyncWrite + Unpin>(client: &mut C, code: u16, message: &str) {
+    let body = docker_error_body(message);
+    let reason = ::http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .unwrap_or("Error");
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    // The client may be gone already; there is nobody left to tell.
+    let _ = client.write_all(head.as_bytes()).await;
+    let _ = client.write_all(&body).await;
+    let _ = client.flush().await;
 }

@@ -1,0 +1,77 @@
+//! Clients that send what Docker clients do not, against the real proxy (a real etcd naming
+//! a simulated manager as leader): heads with bare LF line ends are served, and heads that
+//! are too large, have too many headers or do not parse get dockerd's answer (`431`/`400`
+//! with a Docker-style JSON `message`) and the connection closes, instead of silence.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use testkit::etcd_proxy::proxy_with_leader;
+
+/// Sends `request` on a new connection and reads until the proxy closes it (or 30 s pass,
+/// which fails the test: every case here must end the connection).
+fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to the proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    // A large head may be refused before it is all written: a reset then is fine.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status line's code and the JSON body's `message`.
+fn status_and_message(answer: &str) -> (String, String) {
+    let code = answer.split(' ').nth(1).unwrap_or_default().to_string();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (code, message)
+}
+
+#[test]
+fn a_bare_lf_head_is_served() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let answer = exchange(
+        proxy.addr(),
+        b"GET /_ping HTTP/1.1\nHost: x\nConnection: close\n\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("OK"), "{answer:?}");
+}
+
+#[test]
+fn oversized_and_malformed_heads_get_a_docker_style_answer() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+
+    let mut huge = b"GET /_ping HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.resize(300 * 1024, b'a');
+    huge.extend_from_slice(b"\r\n\r\n");
+    let (code, message) = status_and_message(&exchange(proxy.addr(), &huge));
+    assert_eq!(code, "431", "a 300 KiB header: {message}");
+    assert!(message.contains("larger than"), "{message}");
+
+    let mut many = b"GET /_ping HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..200 {
+        many.extend_from_slice(format!("X-Header-{i}: y\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let (code, message) = status_and_message(&exchange(proxy.addr(), &many));
+    assert_eq!(code, "431", "200 headers: {message}");
+
+    let (code, message) = status_and_message(&exchange(proxy.addr(), b"GARBAGE\r\n\r\n"));
+    assert_eq!(code, "400", "a broken request line: {message}");
+    assert!(message.contains("malformed"), "{message}");
+
+    // The proxy still serves the next client.
+    let answer = exchange(
+        proxy.addr(),
+        b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
