@@ -75,3 +75,31 @@ fn oversized_and_malformed_heads_get_a_docker_style_answer() {
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
+
+/// An idle L7 client connection carries TCP keepalive probes (as L4 ones do): `ss` shows
+/// the proxy's side of it with a keepalive timer.
+#[test]
+fn idle_l7_client_connections_have_tcp_keepalive() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let client = TcpStream::connect(proxy.addr()).expect("connect to the proxy");
+    let port = proxy.addr().port();
+    let local = client.local_addr().expect("local address").port();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{port} and dport = :{local} )"))
+            .output()
+            .expect("run ss (scripts/install-deps installs iproute2)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("keepalive") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy's side of an idle client connection has no keepalive timer: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(client);
+}

@@ -42,11 +42,14 @@ pub enum Service {
 
 impl Service {
     async fn serve_tcp(self, tcp: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+        // Every client socket, in both modes: no Nagle delay, and keepalive probes, so a
+        // client whose host vanished during a silent `attach` or `events` (a laptop gone
+        // to sleep) does not hold its sockets, and the upstream's, forever.
+        super::tcp::tune(&tcp);
         match self {
             Service::Http {
                 front, tls: None, ..
             } => {
-                let _ = tcp.set_nodelay(true);
                 front.serve(L4Stream::from(tcp), shutdown).await;
             }
             Service::Http {
@@ -54,7 +57,6 @@ impl Service {
                 tls: Some(tls),
                 metrics,
             } => {
-                let _ = tcp.set_nodelay(true);
                 let handshake = crate::tls::accept(tls.acceptor(), tcp);
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(conn)) => front.serve(conn, shutdown).await,
@@ -68,10 +70,7 @@ impl Service {
                     }
                 }
             }
-            Service::Tcp(l4) => {
-                super::tcp::tune(&tcp);
-                l4.serve(tcp, &peer).await;
-            }
+            Service::Tcp(l4) => l4.serve(tcp, &peer).await,
         }
     }
 
