@@ -225,6 +225,22 @@ fn a_bad_flag_value_exits_2_naming_the_flag() {
     );
 }
 
+/// A duration past a year would overflow a deadline at request time: refused at start.
+#[test]
+fn a_duration_over_a_year_exits_2_naming_the_flag() {
+    for flag in [
+        "--hold-timeout",
+        "--drain-timeout",
+        "--shutdown-grace",
+        "--connect-timeout",
+    ] {
+        refused(
+            &run(&[flag, "400000000000s", URL]),
+            &[&format!("for {flag}"), "at most a year"],
+        );
+    }
+}
+
 #[test]
 fn a_bad_environment_value_exits_2_naming_the_flag() {
     let r = run_env(&[URL], &[("LEADER_PROXY_MAX_HELD", "many")]);

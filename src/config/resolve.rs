@@ -262,7 +262,11 @@ pub(super) fn parse_socket_addr(value: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
 }
 
-/// A humantime duration (`500ms`, `30s`, `5m`); zero only where `zero_ok`.
+/// The longest duration any flag takes. Past it a deadline (`Instant::now() + d`) could
+/// overflow at request time and panic; no hold, drain or grace period needs more.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A humantime duration (`500ms`, `30s`, `5m`), at most a year; zero only where `zero_ok`.
 fn duration(
     long: &str,
     value: Option<String>,
@@ -274,6 +278,7 @@ fn duration(
     };
     match humantime::parse_duration(value.trim()) {
         Ok(d) if d.is_zero() && !zero_ok => Err(invalid(long, &value, "must be more than 0")),
+        Ok(d) if d > MAX_DURATION => Err(invalid(long, &value, "must be at most a year (365d)")),
         Ok(d) => Ok(d),
         Err(_) => Err(invalid(
             long,
@@ -566,5 +571,16 @@ mod tests {
         let e = err(&["--on-leader-change", "wait", URL]);
         assert!(e.contains("expected drain or close"), "{e}");
         assert!(err(&["--drain-timeout", "soon", URL]).contains("--drain-timeout"));
+    }
+
+    #[test]
+    fn durations_up_to_a_year() {
+        let s = load(&["--drain-timeout", "365d", URL]).unwrap();
+        assert_eq!(s.drain_timeout, MAX_DURATION);
+        let e = err(&["--drain-timeout", "366d", URL]);
+        assert!(
+            e.contains("for --drain-timeout") && e.contains("at most a year"),
+            "{e}"
+        );
     }
 }
