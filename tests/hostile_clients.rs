@@ -103,3 +103,34 @@ fn idle_l7_client_connections_have_tcp_keepalive() {
     }
     drop(client);
 }
+
+/// A git remote's token in a build URL never reaches the access log, nor do build args.
+#[test]
+fn credentials_in_a_request_url_are_not_logged() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let answer = exchange(
+        proxy.addr(),
+        b"POST /v1.41/build?remote=https://user:TOKEN123@git.example/repo.git&\
+          buildargs=%7B%22NPM_TOKEN%22%3A%22s3cret456%22%7D HTTP/1.1\r\n\
+          Host: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = proxy.log();
+        if log.lines().any(|l| l.contains("/v1.41/build")) {
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line for the build request:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!log.contains("TOKEN123"), "the token was logged:\n{log}");
+    assert!(!log.contains("s3cret456"), "a build arg was logged:\n{log}");
+    assert!(
+        log.contains("git.example"),
+        "the remote's host is still shown:\n{log}"
+    );
+}

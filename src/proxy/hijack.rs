@@ -204,5 +204,11 @@ enum Dial {
 /// The request line, for the access log.
 fn request_line(head: &[u8]) -> String {
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned()
+    let line = String::from_utf8_lossy(line);
+    let shown = line
+        .split(' ')
+        .map(|part| super::redact::uri(part).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    shown.chars().take(200).collect()
 }

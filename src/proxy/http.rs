@@ -291,7 +291,7 @@ impl ProxyHttp for DockerApi {
         info!(
             target: "access",
             method = %req.method,
-            path = %req.uri,
+            path = %super::redact::uri(&req.uri.to_string()),
             status,
             upstream = %OrDash(ctx.hold.upstream()),
             duration_ms = ctx.started.elapsed().as_millis() as u64,

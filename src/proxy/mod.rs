@@ -11,6 +11,7 @@ pub mod hijack;
 pub mod hold;
 pub mod http;
 pub mod listener;
+pub mod redact;
 pub mod tcp;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
