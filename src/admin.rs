@@ -15,12 +15,24 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::metrics::Metrics;
 use crate::router::Router;
+
+/// How long a client may take to send a request head. The admin API faces load balancers
+/// and Prometheus, which send theirs at once; a client that trickles one (slowloris) is cut.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one admin connection may stay open, keep-alive included: every answer here is
+/// small, and a scraper that reconnects once a minute costs nothing.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Admin connections open at once. Beyond this a new connection is closed at once, so a
+/// flood of them cannot take the file descriptors the proxy needs for clients.
+const MAX_CONNECTIONS: usize = 128;
 
 pub struct Admin {
     router: Arc<Router>,
@@ -53,9 +65,14 @@ impl Admin {
 
     /// Serves the admin API until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((tcp, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                debug!(%peer, "admin: {MAX_CONNECTIONS} connections open; closing a new one");
                 continue;
             };
             let admin = self.clone();
@@ -64,12 +81,16 @@ impl Admin {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.answer(&req)) }
                 });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await
-                {
-                    debug!(error = %e, "admin connection ended");
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                    Ok(Err(e)) => debug!(error = %e, "admin connection ended"),
+                    Ok(Ok(())) => {}
+                    Err(_) => debug!(%peer, "admin connection open too long; closed"),
                 }
+                drop(permit);
             });
         }
     }

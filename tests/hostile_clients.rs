@@ -134,3 +134,69 @@ fn credentials_in_a_request_url_are_not_logged() {
         "the remote's host is still shown:\n{log}"
     );
 }
+
+/// The admin address, from the proxy's admin URL.
+fn admin_addr(proxy: &testkit::proxy::Proxy) -> std::net::SocketAddr {
+    let url = proxy.admin_url("");
+    url.trim_start_matches("http://")
+        .parse()
+        .expect("an admin address")
+}
+
+/// A client that trickles its request head to the admin listener is cut off (it would
+/// otherwise hold a socket forever), and the admin API goes on answering.
+#[test]
+fn the_admin_listener_cuts_a_slow_head() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let admin = admin_addr(&proxy);
+    let mut slow = TcpStream::connect(admin).expect("connect to the admin listener");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("write half a head");
+    // Far longer than the admin's header timeout: the read ends because the proxy closed.
+    slow.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("read timeout");
+    let mut rest = Vec::new();
+    let ended = slow.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok(),
+        "the slow admin client was not cut off: {ended:?}"
+    );
+    let healthz = exchange(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz:?}");
+}
+
+/// Beyond its connection cap the admin listener closes new connections at once instead
+/// of spending file descriptors on them; closing the flood makes room again.
+#[test]
+fn the_admin_listener_caps_its_connections() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let admin = admin_addr(&proxy);
+    let flood: Vec<TcpStream> = (0..128)
+        .map(|_| TcpStream::connect(admin).expect("connect to the admin listener"))
+        .collect();
+    let one_more = exchange(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    // A complete request, closed unanswered: refused by the cap, not by a timeout.
+    assert!(one_more.is_empty(), "served beyond the cap: {one_more:?}");
+    drop(flood);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let healthz = exchange(
+            admin,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if healthz.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener did not recover after the flood closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
