@@ -244,18 +244,6 @@ fn install(dir: &Path, certs: &Certs) {
     std::fs::copy(&certs.ca, dir.join("ca.pem")).unwrap();
 }
 
-fn wait_for_log(proxy: &Proxy, needle: &str, count: usize) {
-    let deadline = Instant::now() + WAIT;
-    while proxy.log().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} (×{count}) in the log:\n{}",
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sighup_reloads_certificates_without_dropping_open_connections() {
     let (one, two) = (Certs::new("ca-one"), Certs::new("ca-two"));
@@ -283,7 +271,7 @@ fn sighup_reloads_certificates_without_dropping_open_connections() {
 
     install(files.path(), &two);
     signal(proxy.pid(), "HUP");
-    wait_for_log(&proxy, "SIGHUP: certificates reloaded", 1);
+    proxy.wait_for_log("SIGHUP: certificates reloaded", WAIT);
     // The open connection goes on with its old certificates.
     assert!(get(&mut open, "/_ping").unwrap().0.contains("200"));
     // New ones get the new server certificate and need a client certificate from the new CA.
@@ -299,7 +287,7 @@ fn sighup_reloads_certificates_without_dropping_open_connections() {
     // A broken file: the reload fails, the certificates in use stay, the proxy serves on.
     std::fs::write(files.path().join("server-key.pem"), "half a key").unwrap();
     signal(proxy.pid(), "HUP");
-    wait_for_log(&proxy, "keeping the certificates in use", 1);
+    proxy.wait_for_log("keeping the certificates in use", WAIT);
     let mut after = connect(proxy.addr(), "127.0.0.1", &two.ca, client(&two)).unwrap();
     assert!(get(&mut after, "/_ping").unwrap().0.contains("200"));
     assert!(get(&mut open, "/_ping").unwrap().0.contains("200"));
@@ -456,12 +444,9 @@ fn upstream_tls_refuses_a_manager_it_cannot_verify() {
     let proxy = lab.proxy(&other.docker_cert_path(), &["--hold-timeout", "1s"]);
     let response = http::get(proxy.addr(), "/_ping").unwrap();
     assert_eq!(response.status, 503, "{}", response.text());
-    assert!(
-        proxy
-            .log()
-            .contains("TLS handshake with the leader failed (--upstream-cert-path)"),
-        "{}",
-        proxy.log()
+    proxy.wait_for_log(
+        "TLS handshake with the leader failed (--upstream-cert-path)",
+        WAIT,
     );
     // The hijack relay refuses it the same way.
     let mut stream = TcpStream::connect(proxy.addr()).unwrap();
@@ -469,9 +454,7 @@ fn upstream_tls_refuses_a_manager_it_cannot_verify() {
     stream.write_all(ATTACH).unwrap();
     let head = read_head(&mut stream).unwrap();
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert!(proxy
-        .log()
-        .contains("hijack: TLS handshake with the leader failed"));
+    proxy.wait_for_log("hijack: TLS handshake with the leader failed", WAIT);
 
     // The right CA, but the leader is named by an address its certificate does not cover
     // (issued for 127.0.0.1, ::1 and localhost; the manager answers on 127.0.0.2).
@@ -482,9 +465,8 @@ fn upstream_tls_refuses_a_manager_it_cannot_verify() {
     let proxy = lab.proxy(&lab.certs.docker_cert_path(), &["--hold-timeout", "1s"]);
     let response = http::get(proxy.addr(), "/_ping").unwrap();
     assert_eq!(response.status, 503, "{}", response.text());
-    let log = proxy.log().to_lowercase();
-    assert!(
-        log.contains("notvalidforname") || log.contains("not valid for name"),
-        "{log}"
-    );
+    proxy.wait_for_log_where("a certificate not valid for the name", WAIT, |log| {
+        let log = log.to_lowercase();
+        log.contains("notvalidforname") || log.contains("not valid for name")
+    });
 }
