@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use testkit::certs::Certs;
 use testkit::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER, PYTHON};
 use testkit::etcd::Etcd;
+use testkit::programs::Program;
 
 const KEY: &str = "/p/docker/swarm/leader";
 const IMAGE: &str = "bb:local";
@@ -1117,12 +1118,12 @@ impl Lab {
         }
     }
 
-    fn docker(&self, program: &str, host: &str) -> Command {
+    fn docker(&self, program: Program, host: &str) -> Command {
         self.cli(program, &Client::plain(host))
     }
 
     /// The docker CLI `program` as `client` reaches the proxy.
-    fn cli(&self, program: &str, client: &Client) -> Command {
+    fn cli(&self, program: Program, client: &Client) -> Command {
         client.command(program, self.dir.path())
     }
 
@@ -1154,7 +1155,7 @@ impl Client {
     }
 
     /// `program` with this client's environment and its own config dir under `dir`.
-    fn command(&self, program: &str, dir: &Path) -> Command {
+    fn command(&self, program: Program, dir: &Path) -> Command {
         let mut cmd = docker(program, &self.host, &dir.join("client"));
         if let Some(cert_path) = &self.cert_path {
             cmd.env("DOCKER_TLS_VERIFY", "1")
