@@ -22,17 +22,30 @@ fn readyz_follows_the_election_and_the_hold_timeout() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let manager = standalone("m1", dir.path());
-    let proxy = proxy_for(&etcd, &["--hold-timeout", "1s"]);
+    // The election counts as open from the proxy's start: --hold-timeout 10s leaves a slow
+    // machine ample time to start it and ask before the hold is over.
+    let starting = Instant::now();
+    let proxy = proxy_for(&etcd, &["--hold-timeout", "10s"]);
 
     assert_eq!(status(&proxy.admin_url("/healthz")), 200);
     // No leader yet, but for less than --hold-timeout: requests are held, so ready.
-    assert_eq!(status(&proxy.admin_url("/readyz")), 200);
+    assert_eq!(
+        status(&proxy.admin_url("/readyz")),
+        200,
+        "{:?} after the start, with --hold-timeout 10s",
+        starting.elapsed()
+    );
     // No leader for longer than --hold-timeout: a load balancer should go elsewhere.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while status(&proxy.admin_url("/readyz")) != 503 {
         assert!(Instant::now() < deadline, "/readyz never turned 503");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        starting.elapsed() >= Duration::from_secs(10),
+        "/readyz turned 503 {:?} after the start, before --hold-timeout 10s",
+        starting.elapsed()
+    );
     assert_eq!(status(&proxy.admin_url("/healthz")), 200);
 
     etcd.put_v2(KEY, &manager.advertise(), None);

@@ -414,20 +414,53 @@ fn simulated_managers_lock_the_key_like_libkv() {
         WAIT
     ));
 
-    // SIGKILL: the lock stays until the session (TTL 1 s, ×2) expires; the restarted
-    // manager then takes over.
+    // SIGKILL: nobody releases the lock; it stays until the dead holder's session expires,
+    // and the restarted manager then takes over. libkv's session TTL is half the lock TTL
+    // (1 s for `--ttl 2`), and Consul invalidates a session twice its TTL after its last
+    // renewal: the lock outlives its holder by about the lock TTL.
+    //
+    // No clock bound on the takeover: when the last renewal came before the kill depends
+    // on scheduling. The double knows when the session expires; the takeover must not come
+    // before that.
     managers[primary].restart();
+    let dead = double
+        .get(KEY)
+        .and_then(|e| e.session)
+        .expect("the key is locked by the primary");
+    assert_eq!(
+        double.session_ttl(&dead),
+        Some(Duration::from_secs(1)),
+        "the holder's session TTL is not half the lock TTL (libkv's)"
+    );
+    // A renewal only moves the expiry later: the one read before the kill is a lower bound
+    // if the session has already expired when it is read again.
+    let expiry_before_kill = double.session_expires(&dead);
     managers[other].kill();
     let killed = Instant::now();
+    let expires = double
+        .session_expires(&dead)
+        .or(expiry_before_kill)
+        .expect("the dead holder's session expires");
     assert!(testkit::sim::wait_until_role(
         managers[primary].addr(),
         "primary",
         WAIT
     ));
-    let took = killed.elapsed();
+    let took_over = Instant::now();
     assert!(
-        took >= Duration::from_millis(1500),
-        "took over after {took:?}"
+        took_over >= expires,
+        "took over {:?} after the kill, {:?} before the dead holder's session expired",
+        killed.elapsed(),
+        expires - took_over
+    );
+    assert!(
+        !double.sessions().contains(&dead),
+        "the dead holder's session still exists"
+    );
+    eprintln!(
+        "took over {:?} after the kill, {:?} after the dead holder's session expired",
+        took_over - killed,
+        took_over - expires
     );
     assert_eq!(
         double.get(KEY).map(|e| e.value_text()),

@@ -109,13 +109,15 @@ fn upgrade_keeps_headers_and_forwards_half_close_on_a_keep_alive_connection() {
 fn streams_are_not_buffered_and_bodies_arrive_whole() {
     let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
 
-    // The second line comes 3 s after the first: the first must arrive on its own.
+    // The second line comes 30 s after the first: the first must arrive on its own, within
+    // 20 s (it takes milliseconds), so a proxy that holds it back until more follows fails,
+    // and a slow machine does not.
     let mut stream = TcpStream::connect(proxy.addr()).unwrap();
     stream
-        .write_all(b"GET /stream?count=2&interval_ms=3000 HTTP/1.1\r\nHost: docker\r\n\r\n")
+        .write_all(b"GET /stream?count=2&interval_ms=30000 HTTP/1.1\r\nHost: docker\r\n\r\n")
         .unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let head = read_head(&mut stream);
     assert!(head.contains("200"), "{head}");

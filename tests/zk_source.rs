@@ -262,15 +262,15 @@ fn multi_host_connect_string_skips_a_dead_first_host() {
     let m1 = zk.session(SESSION);
     queue(&m1);
     m1.set_data(NODE, "127.0.0.1:2001");
-    let started = Instant::now();
     let mut f = Follower::start(config(
         &format!("zk://{},{}/swarm", dead_endpoint(), zk.endpoint()),
         Election::Key,
         &[],
     ));
-    // One host answering is no outage: no Degraded first.
+    // One host answering is no outage: the first event is the leader, read from the second
+    // host, with no Degraded before it. (The dead host refuses at once; how long the switch
+    // takes is not asserted beyond `expect`'s WAIT.)
     f.expect(addr("127.0.0.1:2001"));
-    assert!(started.elapsed() < Duration::from_secs(5));
     m1.set_data(NODE, "127.0.0.1:2002");
     f.expect(addr("127.0.0.1:2002"));
 }

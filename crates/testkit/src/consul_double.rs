@@ -653,6 +653,17 @@ impl ConsulDouble {
         self.shared.state().sessions.keys().cloned().collect()
     }
 
+    /// The TTL a session was created with; `None` if it does not exist or has no TTL.
+    pub fn session_ttl(&self, id: &str) -> Option<Duration> {
+        self.shared.state().sessions.get(id)?.ttl
+    }
+
+    /// When a session is invalidated unless renewed before (twice its TTL after its last
+    /// renewal); `None` if it does not exist or has no TTL.
+    pub fn session_expires(&self, id: &str) -> Option<Instant> {
+        self.shared.state().sessions.get(id)?.expires
+    }
+
     /// `PUT /v1/kv/<key>?acquire=SESSION&flags=LOCK_FLAGS` with `value`.
     pub fn acquire(&self, key: &str, value: &str, session: &str) -> bool {
         self.put_with(key, value, Some(session), None)

@@ -19,6 +19,7 @@
 //! (a stuck docker CLI fails the test instead of hanging it), and [`docker`], a docker CLI
 //! command with its own `DOCKER_HOST` and `DOCKER_CONFIG`.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -26,16 +27,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::programs::Program;
+
 pub const INSTALL: &str = "apt-get install docker.io busybox-static";
-pub const DOCKERD: &str = "/usr/sbin/dockerd";
+pub const DOCKERD: Program = Program::new("TESTKIT_DOCKERD", "/usr/sbin/dockerd");
+/// dockerd starts the containerd it finds on its `PATH`; with `TESTKIT_CONTAINERD` set, that
+/// file's directory comes first on dockerd's `PATH`.
+pub const CONTAINERD: Program = Program::new("TESTKIT_CONTAINERD", "/usr/bin/containerd");
 /// The machine's docker CLI (28.x): most scenarios.
-pub const DOCKER: &str = "/usr/local/bin/docker";
+pub const DOCKER: Program = Program::new("TESTKIT_DOCKER", "/usr/local/bin/docker");
 /// Debian's docker CLI (20.10): BuildKit builds against dockerd 20.10.
-pub const DEBIAN_DOCKER: &str = "/usr/bin/docker";
-const BUSYBOX: &str = "/bin/busybox";
+pub const DEBIAN_DOCKER: Program = Program::new("TESTKIT_DEBIAN_DOCKER", "/usr/bin/docker");
+/// busybox-static: the `bb:local` image is made of it.
+pub const BUSYBOX: Program = Program::new("TESTKIT_BUSYBOX", "/bin/busybox");
 /// Debian's python3, which sees python3-docker (a python3 first on PATH, such as pyenv's,
 /// does not).
-pub const PYTHON: &str = "/usr/bin/python3";
+pub const PYTHON: Program = Program::new("TESTKIT_PYTHON", "/usr/bin/python3");
 
 /// How long dockerd may take to answer `/_ping` (about a second here; CI machines are slower).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,16 +73,12 @@ impl Dockerd {
     }
 
     fn start_with(tls_files: Option<[&Path; 3]>) -> Dockerd {
-        for program in [DOCKERD, DEBIAN_DOCKER, "/usr/bin/containerd", BUSYBOX] {
-            assert!(
-                Path::new(program).exists(),
-                "{program} is not installed: {INSTALL}"
-            );
+        for program in [DOCKERD, DEBIAN_DOCKER, CONTAINERD, BUSYBOX] {
+            program.require(INSTALL);
         }
-        assert!(
-            Path::new(DOCKER).exists(),
-            "{DOCKER} (the docker CLI 28.x) is not installed: install Docker's CLI there, \
-             Docker's static CLI; no Debian package has it (scripts/install-deps --check)"
+        DOCKER.require(
+            "the docker CLI 28.x: install Docker's static CLI there; no Debian package has it \
+             (scripts/install-deps --check)",
         );
         // /tmp, not $TMPDIR: unix socket paths are limited to 107 bytes.
         let mut dir = tempfile::Builder::new()
@@ -134,6 +137,7 @@ impl Dockerd {
         let socket = format!("unix://{}", self.socket().display());
         let tcp = format!("tcp://127.0.0.1:{}", self.port);
         let mut cmd = Command::new(DOCKERD);
+        containerd_on_path(&mut cmd);
         if let Some([ca, cert, key]) = &self.tls {
             cmd.arg("--tlsverify")
                 .arg("--tlscacert")
@@ -255,7 +259,7 @@ impl Dockerd {
     }
 
     /// A docker CLI command talking to this dockerd directly (its unix socket).
-    pub fn direct(&self, client: &str) -> Command {
+    pub fn direct(&self, client: impl AsRef<OsStr>) -> Command {
         docker(
             client,
             &format!("unix://{}", self.socket().display()),
@@ -503,10 +507,25 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// With `TESTKIT_CONTAINERD` set, puts its directory first on the `PATH` of `dockerd` (a
+/// dockerd command), where dockerd looks for containerd (and containerd for its shim).
+pub fn containerd_on_path(dockerd: &mut Command) {
+    if std::env::var_os(CONTAINERD.var()).is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    let dir = CONTAINERD.path().parent().unwrap_or(Path::new("/"));
+    let mut path = std::ffi::OsString::from(dir);
+    if let Some(rest) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(rest);
+    }
+    dockerd.env("PATH", path);
+}
+
 /// A docker CLI command (`client` is [`DOCKER`] or [`DEBIAN_DOCKER`]) for `host`
 /// (`tcp://…` or `unix://…`), with its own config dir: no context, credential helper or
 /// TLS setting of the machine applies.
-pub fn docker(client: &str, host: &str, config: &Path) -> Command {
+pub fn docker(client: impl AsRef<OsStr>, host: &str, config: &Path) -> Command {
     let _ = std::fs::create_dir_all(config);
     let mut cmd = Command::new(client);
     cmd.env("DOCKER_HOST", host)

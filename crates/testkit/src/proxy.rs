@@ -137,6 +137,37 @@ impl Proxy {
         }
     }
 
+    /// Polls the log until `needle` is in it; panics with the log after `timeout`.
+    ///
+    /// The log is read from the proxy's stderr by a thread of its own: a line the proxy wrote
+    /// just before it answered, or before it closed a connection, may not be in [`Self::log`]
+    /// yet when the test sees the answer. Check lines with this, not with `log().contains`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        self.wait_for_log_where(&format!("{needle:?}"), timeout, |log| log.contains(needle));
+    }
+
+    /// Polls the log until `check` holds for it; panics naming `what`, with the log, after
+    /// `timeout`. Returns the log that satisfied `check`.
+    pub fn wait_for_log_where(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if check(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in the proxy log after {timeout:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `/leader` until `check` holds; panics with the proxy log after `timeout`.
     pub fn wait_for_leader(
         &self,

@@ -207,6 +207,12 @@ impl SimManager {
         self.child = Some(child);
     }
 
+    /// [`Self::restart`] with other options (a longer TTL, say); the listen address stays.
+    pub fn restart_with(&mut self, opts: &SimOptions) {
+        self.opts = opts.clone();
+        self.restart();
+    }
+
     /// `GET /info`, parsed.
     pub fn info(&self) -> std::io::Result<SimInfo> {
         info(self.addr)

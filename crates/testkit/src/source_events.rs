@@ -20,9 +20,21 @@ pub const LEADER_KEY: &str = "docker/swarm/leader";
 /// leaves unread, so the source never waits for room by accident.
 const CAPACITY: usize = 64;
 
-/// The event announcing the leader at `s`.
+/// The event announcing the leader at `s`, `HOST:PORT` (`[IPv6]:PORT`), built from its
+/// host and port as given: not with `LeaderAddr::parse`, the parser under test.
 pub fn addr(s: &str) -> LeaderEvent {
-    LeaderEvent::Leader(LeaderAddr::parse(s).expect("a valid address"))
+    let (host, port) = s
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{s:?} is not HOST:PORT"));
+    assert!(!host.contains('/'), "{s:?} is not HOST:PORT (no scheme)");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port
+        .parse()
+        .unwrap_or_else(|e| panic!("the port of {s:?}: {e}"));
+    LeaderEvent::Leader(LeaderAddr::new(host, port))
 }
 
 /// What the test itself puts into a full channel so that the source blocks on its next

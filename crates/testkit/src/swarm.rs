@@ -27,7 +27,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::dockerd::{kill_group, signal_group, sweep, terminate_group, unmount_under, DOCKERD};
+use crate::dockerd::{
+    containerd_on_path, kill_group, signal_group, sweep, terminate_group, unmount_under,
+    CONTAINERD, DOCKERD,
+};
 use crate::http;
 
 pub const INSTALL: &str = "apt-get install docker.io";
@@ -63,14 +66,8 @@ impl Swarm {
     /// Starts three dockerd, makes them one swarm of three managers, and waits until all
     /// three are reachable managers with a leader.
     pub fn start() -> Swarm {
-        assert!(
-            Path::new(DOCKERD).exists(),
-            "{DOCKERD} is not installed: {INSTALL}"
-        );
-        assert!(
-            Path::new("/usr/bin/containerd").exists(),
-            "containerd is not installed: {INSTALL}"
-        );
+        DOCKERD.require(INSTALL);
+        CONTAINERD.require(INSTALL);
         for host in HOSTS {
             let api = SocketAddr::new(IpAddr::V4(host), API_PORT);
             if std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)).is_ok() {
@@ -312,7 +309,9 @@ impl Swarm {
             .append(true)
             .open(m.dir.join("dockerd.log"))
             .expect("open the dockerd log");
-        let child = Command::new(DOCKERD)
+        let mut cmd = Command::new(DOCKERD);
+        containerd_on_path(&mut cmd);
+        let child = cmd
             .arg("--config-file")
             .arg(m.dir.join("daemon.json"))
             .arg("-H")

@@ -2,21 +2,23 @@
 //! - [`TlsManager`]: a TLS-only manager, the way `dockerd --tlsverify` is one: a TLS
 //!   terminator in front of a plain upstream (the simulated manager) that serves a
 //!   certificate and requires a client certificate from its CA. Each direction's end is
-//!   forwarded on its own (a `close_notify` or bare FIN from the proxy becomes a FIN to the
-//!   upstream, the upstream's FIN becomes `close_notify` + FIN), as dockerd behaves, so
-//!   hijacked connections with half-close can be tested through it.
+//!   forwarded on its own (a `close_notify` from the proxy becomes a FIN to the upstream,
+//!   the upstream's FIN becomes `close_notify` + FIN), so hijacked connections with
+//!   half-close can be tested through it. It is plain `tokio_rustls`, not the proxy's own
+//!   TLS code: a bare TCP FIN without `close_notify` is rustls' "unexpected EOF", which ends
+//!   the connection both ways ([`TlsManager::unclean_ends`] counts them). dockerd (Go)
+//!   would read it as an end of stream; this is stricter on purpose, so that a test through
+//!   it proves the proxy half-closes TLS with `close_notify`.
 //! - [`connect`]: a blocking TLS client (rustls) for raw HTTP over TLS, with or without a
 //!   client certificate.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_proxy::tls::TlsConn;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, StreamOwned};
@@ -52,6 +54,7 @@ pub struct TlsManager {
     runtime: Option<tokio::runtime::Runtime>,
     handshakes: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
+    unclean: Arc<AtomicUsize>,
 }
 
 impl TlsManager {
@@ -78,9 +81,11 @@ impl TlsManager {
         let listener = std::net::TcpListener::bind((ip, 0)).expect("bind the TLS manager");
         let addr = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
-        let (handshakes, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let counter = || Arc::new(AtomicUsize::new(0));
+        let (handshakes, failed, unclean) = (counter(), counter(), counter());
         {
-            let (handshakes, failed) = (handshakes.clone(), failed.clone());
+            let (handshakes, failed, unclean) =
+                (handshakes.clone(), failed.clone(), unclean.clone());
             runtime.spawn(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 loop {
@@ -88,19 +93,25 @@ impl TlsManager {
                         continue;
                     };
                     let acceptor = acceptor.clone();
-                    let (handshakes, failed) = (handshakes.clone(), failed.clone());
+                    let (handshakes, failed, unclean) =
+                        (handshakes.clone(), failed.clone(), unclean.clone());
                     tokio::spawn(async move {
-                        let fd = tcp.as_raw_fd();
-                        let Ok(tls) = acceptor.accept(tcp).await else {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
                             failed.fetch_add(1, Ordering::SeqCst);
                             return;
                         };
                         handshakes.fetch_add(1, Ordering::SeqCst);
-                        let mut tls = TlsConn::new(tls, fd);
                         let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
                             return;
                         };
-                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                        // EOF on either side shuts the other's write side down (`close_notify`
+                        // + FIN towards the proxy); an error, such as a FIN without
+                        // `close_notify`, ends both at once.
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut plain).await {
+                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                                unclean.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
                     });
                 }
             });
@@ -110,6 +121,7 @@ impl TlsManager {
             runtime: Some(runtime),
             handshakes,
             failed,
+            unclean,
         }
     }
 
@@ -126,6 +138,12 @@ impl TlsManager {
     /// this one's certificate).
     pub fn failed_handshakes(&self) -> usize {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Connections the proxy ended with a bare TCP FIN, without `close_notify` (cut both
+    /// ways here).
+    pub fn unclean_ends(&self) -> usize {
+        self.unclean.load(Ordering::SeqCst)
     }
 }
 

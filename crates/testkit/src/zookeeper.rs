@@ -18,13 +18,17 @@ use std::time::{Duration, Instant};
 
 use zookeeper_client as zk;
 
+use crate::programs::Program;
 use crate::server_process::{self, free_ports};
 
 const INSTALL: &str = "scripts/install-deps (libzookeeper-java, openjdk-17-jre-headless)";
-const JAR: &str = "/usr/share/java/zookeeper.jar";
+pub const JAR: Program = Program::new("TESTKIT_ZOOKEEPER_JAR", "/usr/share/java/zookeeper.jar");
 /// A logger for ZooKeeper's slf4j (otherwise it logs nothing); part of libslf4j-java, which
 /// the zookeeper package pulls in.
-const LOGGER: &str = "/usr/share/java/slf4j-simple.jar";
+pub const LOGGER: Program = Program::new(
+    "TESTKIT_SLF4J_SIMPLE_JAR",
+    "/usr/share/java/slf4j-simple.jar",
+);
 const LOG: &str = "zookeeper.log";
 
 /// How long the JVM may take to serve (a second or two here; more on a loaded machine).
@@ -490,8 +494,6 @@ fn require() {
         .status()
         .is_ok();
     assert!(java, "`java` is not installed: {INSTALL}");
-    assert!(
-        Path::new(JAR).exists() && Path::new(LOGGER).exists(),
-        "ZooKeeper is not installed ({JAR} or {LOGGER} missing): {INSTALL}"
-    );
+    JAR.require(INSTALL);
+    LOGGER.require(INSTALL);
 }
