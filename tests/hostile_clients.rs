@@ -115,18 +115,11 @@ fn credentials_in_a_request_url_are_not_logged() {
           Host: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let log = loop {
-        let log = proxy.log();
-        if log.lines().any(|l| l.contains("/v1.41/build")) {
-            break log;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access-log line for the build request:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = proxy.wait_for_log_where(
+        "the build request's access-log line",
+        Duration::from_secs(30),
+        |log| log.contains("/v1.41/build"),
+    );
     assert!(!log.contains("TOKEN123"), "the token was logged:\n{log}");
     assert!(!log.contains("s3cret456"), "a build arg was logged:\n{log}");
     assert!(
