@@ -76,6 +76,9 @@ fn no_leader(l: &serde_json::Value) -> bool {
 }
 
 const WAIT: Duration = Duration::from_secs(20);
+/// How long a proxy may take to notice a stopped store, or that it is back (its retries
+/// back off).
+const OUTAGE_WAIT: Duration = Duration::from_secs(40);
 
 pub fn initial_leader_and_change(mut store: impl StoreHarness) {
     let dir = tempfile::tempdir().unwrap();
@@ -145,7 +148,7 @@ pub fn no_leader_holds_then_serves(mut store: impl StoreHarness) {
 
 pub fn stale_values_mean_no_leader(mut store: impl StoreHarness) {
     let dir = tempfile::tempdir().unwrap();
-    let m1 = standalone("m1", dir.path());
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
     let cases = store.stale_cases();
     assert!(!cases.is_empty(), "every store has a way to go stale");
     store.elect(&m1.advertise());
@@ -153,18 +156,61 @@ pub fn stale_values_mean_no_leader(mut store: impl StoreHarness) {
     proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
     for case in cases {
         store.elect_then_go_stale(case, &m1.advertise());
-        let seen = proxy.wait_for_leader(WAIT, no_leader);
+        let seen = wait_until_stale(&proxy, case);
         assert!(seen["leader"].is_null(), "{case}: {seen}");
         store.elect(&m1.advertise());
         proxy.wait_for_leader(WAIT, is_leader(m1.advertise()));
     }
-    // A proxy started while the value is stale does not take it for a leader.
+    // A proxy whose first read finds the value stale does not take it for a leader. A new
+    // proxy says `no_leader` before it has read anything, so it is started while the store
+    // is down: it says `degraded` until it reads the store, and what it says after that
+    // comes from the stale value.
     let case = store.stale_cases()[0];
     store.elect_then_go_stale(case, &m1.advertise());
-    proxy.wait_for_leader(WAIT, no_leader);
+    wait_until_stale(&proxy, case);
+    store.stop();
     let late = start_proxy(&store, &[]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(no_leader(&late.leader()), "{case}: {}", late.leader());
+    late.wait_for_leader(OUTAGE_WAIT, |l| l["state"] == "degraded");
+    store.restart();
+    let read = late.wait_for_leader(OUTAGE_WAIT, |l| l["state"] != "degraded");
+    assert!(
+        no_leader(&read),
+        "{case}: the stale value was read as {read}"
+    );
+    // Nor for a moment between two looks at /leader: the next leader is its first one.
+    store.elect(&m2.advertise());
+    let leader = late.wait_for_leader(WAIT, is_leader(m2.advertise()));
+    assert_eq!(leader["changes"], 1, "{case}: {leader}\n{}", late.log());
+    let stale = format!("New leader elected: {}", m1.advertise());
+    assert!(!late.log().contains(&stale), "{case}:\n{}", late.log());
+    assert_eq!(served_by(&late, "/info"), "m2");
+}
+
+/// How long `no_leader` must last before a stale case counts as stale: on its way there a
+/// case may open the election for a moment (the old holder resigns before the new one takes
+/// the lock), and that moment is not the stale value.
+const STALE_SETTLE: Duration = Duration::from_millis(1500);
+
+/// Waits until the proxy has said `no_leader` for [`STALE_SETTLE`] without a break.
+fn wait_until_stale(proxy: &Proxy, case: &str) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    let mut since: Option<Instant> = None;
+    loop {
+        let now = proxy.leader();
+        if no_leader(&now) {
+            if since.get_or_insert_with(Instant::now).elapsed() >= STALE_SETTLE {
+                return now;
+            }
+        } else {
+            since = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{case}: never stale, /leader is {now}; proxy log:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn store_outage_keeps_the_leader(mut store: impl StoreHarness) {
@@ -183,14 +229,14 @@ pub fn store_outage_keeps_the_leader(mut store: impl StoreHarness) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(served > 10);
-    let leader = proxy.wait_for_leader(Duration::from_secs(40), |l| l["state"] == "degraded");
+    let leader = proxy.wait_for_leader(OUTAGE_WAIT, |l| l["state"] == "degraded");
     assert_eq!(leader["leader"], m1.advertise());
     assert!(proxy.metric("leader_proxy_store_errors_total") >= 1.0);
     assert_eq!(http::get_text(&proxy.admin_url("/readyz")).trim(), "ready");
     assert_eq!(served_by(&proxy, "/info"), "m1");
 
     store.restart();
-    proxy.wait_for_leader(Duration::from_secs(40), |l| l["state"] == "leader");
+    proxy.wait_for_leader(OUTAGE_WAIT, |l| l["state"] == "leader");
     store.elect(&m2.advertise());
     proxy.wait_for_leader(WAIT, is_leader(m2.advertise()));
     assert_eq!(served_by(&proxy, "/info"), "m2");
