@@ -159,9 +159,6 @@ struct State {
     name: String,
     advertise: String,
     primary_role: AtomicBool,
-    /// When it last became primary (Unix ms; 0 = never), sent as `X-Primary-Since` so a test
-    /// can measure the switch time: election to the first request served through the proxy.
-    primary_since_ms: AtomicU64,
     /// True while a write that may win the election is in flight (v2 create, v3 txn, v3
     /// campaign). The store may name this manager before it hears that it won, and the
     /// proxy is fast enough to send a request in between: such a request waits for the
@@ -182,12 +179,6 @@ struct State {
     is_manual: bool,
     manual: RwLock<Manual>,
     state_file: Option<PathBuf>,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn unix_us() -> u64 {
@@ -226,7 +217,6 @@ impl State {
         self.end_claim();
         if was != primary {
             if primary {
-                self.primary_since_ms.store(unix_ms(), Ordering::SeqCst);
                 info!(name = %self.name, advertise = %self.advertise, "became primary");
             } else {
                 info!(name = %self.name, "became replica");
@@ -717,10 +707,6 @@ fn head_text(
     h.push_str("Server: Docker/20.10.24-sim (linux)\r\n");
     h.push_str(&format!("X-Served-By: {}\r\n", st.name));
     h.push_str(&format!("X-Role: {}\r\n", st.role()));
-    h.push_str(&format!(
-        "X-Primary-Since: {}\r\n",
-        st.primary_since_ms.load(Ordering::SeqCst)
-    ));
     if let Some(ct) = content_type {
         h.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -1147,7 +1133,6 @@ async fn run(args: Args) -> Result<()> {
         name: args.name.clone(),
         advertise,
         primary_role: AtomicBool::new(false),
-        primary_since_ms: AtomicU64::new(0),
         claiming: AtomicBool::new(false),
         primary: RwLock::new(String::new()),
         observe: args.observe,
