@@ -378,8 +378,11 @@ pub(crate) async fn v3_follower(st: Arc<State>, client: EtcdClient, key: String,
             (key.as_str(), false)
         };
         // Any change: read again (simple, and always consistent with the store).
-        if let WatchEnd::Error =
-            v3_watch_until(&client, watched, is_prefix, rev + 1, None, |_| true).await
+        if let WatchEnd::Error = v3_watch_until(&client, watched, is_prefix, rev + 1, None, |_| {
+            st.watch_event();
+            true
+        })
+        .await
         {
             backoff.wait().await;
         }

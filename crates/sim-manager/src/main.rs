@@ -30,6 +30,11 @@
 //!     `POST /_sim/state`, for the sources that ask managers instead of a store (`static://`,
 //!     `swarm://`); see `manual.rs`.
 //!
+//!   With `--observe` it runs in no election: it only follows it as a replica does and
+//!   prints each change of the leader the store names (`Store primary <unix µs> <address>`),
+//!   dated from the watch event that showed it. That is how a test learns when the store
+//!   named a new leader without trusting the winner's own account.
+//!
 //!   SIGTERM/SIGINT resigns cleanly (v2: delete the key with `prevValue` = our address; v3:
 //!   resign and revoke the lease; Consul: release the key and destroy the session) and
 //!   exits 0. SIGKILL leaves the key until the TTL expires (Consul: the session's).
@@ -37,7 +42,9 @@
 //! - It answers a small, Docker-like HTTP/1.1 API (see `route`). Every response carries
 //!   `X-Served-By: NAME` and `X-Role: primary|replica` (the role when answering); JSON bodies
 //!   also carry `served_by` and `role`. Writes and faults append a line to the `--log` file
-//!   so tests can prove what was executed, by whom, and how often.
+//!   so tests can prove what was executed, by whom, and how often. A write with
+//!   `?sleep_ms=N` is logged, then answered N ms later: a write still running when the
+//!   manager is killed.
 //!
 //! The HTTP server is hand-written on tokio's TCP with `httparse` rather than hyper: the
 //! fault endpoints need byte-exact control (close after reading a request without writing
@@ -117,6 +124,11 @@ struct Args {
     /// (shared by all managers of a test).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Only watch the election, never run in it: print `Store primary <unix µs> <address>`
+    /// on stdout (`-` for none) each time the leader the store names changes. A test's
+    /// independent view of when the store named a new leader (see `State::set_primary`).
+    #[arg(long)]
+    observe: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -147,9 +159,6 @@ struct State {
     name: String,
     advertise: String,
     primary_role: AtomicBool,
-    /// When it last became primary (Unix ms; 0 = never), sent as `X-Primary-Since` so a test
-    /// can measure the switch time: election to the first request served through the proxy.
-    primary_since_ms: AtomicU64,
     /// True while a write that may win the election is in flight (v2 create, v3 txn, v3
     /// campaign). The store may name this manager before it hears that it won, and the
     /// proxy is fast enough to send a request in between: such a request waits for the
@@ -157,6 +166,13 @@ struct State {
     claiming: AtomicBool,
     /// The leader address currently in the store ("" when none).
     primary: RwLock<String>,
+    /// `--observe`: print each change of `primary` on stdout.
+    observe: bool,
+    /// When the watch last reported a change (Unix µs; 0 = none since the last read):
+    /// the followers that read the election again after a watch event note the event's
+    /// arrival here, so `--observe` reports when the store showed the change, not when
+    /// the read that followed it came back.
+    watch_event_us: AtomicU64,
     log: Option<PathBuf>,
     held: Mutex<Held>,
     /// `--discovery manual`: what the test set, and where it is saved.
@@ -165,10 +181,10 @@ struct State {
     state_file: Option<PathBuf>,
 }
 
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl State {
@@ -201,7 +217,6 @@ impl State {
         self.end_claim();
         if was != primary {
             if primary {
-                self.primary_since_ms.store(unix_ms(), Ordering::SeqCst);
                 info!(name = %self.name, advertise = %self.advertise, "became primary");
             } else {
                 info!(name = %self.name, "became replica");
@@ -213,11 +228,29 @@ impl State {
         self.primary.read().map(|p| p.clone()).unwrap_or_default()
     }
 
+    /// A watch reported a change: the read that follows it is dated from now.
+    fn watch_event(&self) {
+        self.watch_event_us.store(unix_us(), Ordering::SeqCst);
+    }
+
+    /// What a read (or a watch event carrying the value) says the store names now.
     fn set_primary(&self, value: Option<String>) {
         let value = value.unwrap_or_default();
+        let event_us = self.watch_event_us.swap(0, Ordering::SeqCst);
         if let Ok(mut p) = self.primary.write() {
             if *p != value {
                 info!(name = %self.name, primary = %value, "primary in the store is now {:?}", value);
+                if self.observe {
+                    let seen = if event_us == 0 { unix_us() } else { event_us };
+                    let shown = if value.is_empty() {
+                        "-"
+                    } else {
+                        value.as_str()
+                    };
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "Store primary {seen} {shown}");
+                    let _ = out.flush();
+                }
                 *p = value;
             }
         }
@@ -674,10 +707,6 @@ fn head_text(
     h.push_str("Server: Docker/20.10.24-sim (linux)\r\n");
     h.push_str(&format!("X-Served-By: {}\r\n", st.name));
     h.push_str(&format!("X-Role: {}\r\n", st.role()));
-    h.push_str(&format!(
-        "X-Primary-Since: {}\r\n",
-        st.primary_since_ms.load(Ordering::SeqCst)
-    ));
     if let Some(ct) = content_type {
         h.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -900,7 +929,9 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
     }
 }
 
-/// A write: logged (one line) before the answer.
+/// A write: logged (one line) before the answer. With `?sleep_ms=N` the answer comes N ms
+/// after the line was logged: a write that has run and is still running, so a test can be
+/// sure one is in flight when it kills this manager.
 async fn write(conn: &mut Conn, st: &Arc<State>, head: &Head) -> Result<Next> {
     let id = head.request_id();
     let role = st.role();
@@ -909,6 +940,10 @@ async fn write(conn: &mut Conn, st: &Arc<State>, head: &Head) -> Result<Next> {
         return send_json(conn, st, head, 500, json!({"message": format!("log: {e}")})).await;
     }
     info!(name = %st.name, request_id = %id, %role, method = %head.method, path = %head.path, "write executed");
+    let sleep_ms = head.query_param("sleep_ms").and_then(|v| v.parse().ok());
+    if let Some(ms) = sleep_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let status = if head.method == "POST" { 201 } else { 200 };
     send_json(
         conn,
@@ -1098,9 +1133,10 @@ async fn run(args: Args) -> Result<()> {
         name: args.name.clone(),
         advertise,
         primary_role: AtomicBool::new(false),
-        primary_since_ms: AtomicU64::new(0),
         claiming: AtomicBool::new(false),
         primary: RwLock::new(String::new()),
+        observe: args.observe,
+        watch_event_us: AtomicU64::new(0),
         log: args.log.clone(),
         held: Mutex::new(Held::default()),
         is_manual: matches!(disc.kind, StoreKind::Manual),
@@ -1144,14 +1180,18 @@ async fn run(args: Args) -> Result<()> {
         }
         StoreKind::V2 => {
             let v2 = Arc::new(V2::new(&disc, args.ttl)?);
-            tasks.push(tokio::spawn(v2_candidate(st.clone(), v2.clone())));
+            if !args.observe {
+                tasks.push(tokio::spawn(v2_candidate(st.clone(), v2.clone())));
+            }
             tasks.push(tokio::spawn(v2_follower(st.clone(), v2.clone())));
             v2_store = Some(v2);
         }
         StoreKind::V3 => {
             let client = v3_connect(&disc).await?;
             let contenders = args.election == Election::Contenders;
-            if contenders {
+            if args.observe {
+                // Runs for nothing: only the follower below.
+            } else if contenders {
                 tasks.push(tokio::spawn(v3_contender(
                     st.clone(),
                     client.clone(),
@@ -1179,14 +1219,18 @@ async fn run(args: Args) -> Result<()> {
                 bail!("--election contenders is not available for consul://");
             }
             let consul = Arc::new(Consul::new(&disc, args.ttl)?);
-            tasks.push(tokio::spawn(consul_candidate(st.clone(), consul.clone())));
+            if !args.observe {
+                tasks.push(tokio::spawn(consul_candidate(st.clone(), consul.clone())));
+            }
             tasks.push(tokio::spawn(consul_follower(st.clone(), consul.clone())));
             consul_store = Some(consul);
         }
         StoreKind::Zk => {
             let contenders = args.election == Election::Contenders;
             let zk = Arc::new(ZkStore::new(&disc, args.ttl, contenders));
-            tasks.push(tokio::spawn(zk_candidate(st.clone(), zk.clone())));
+            if !args.observe {
+                tasks.push(tokio::spawn(zk_candidate(st.clone(), zk.clone())));
+            }
             tasks.push(tokio::spawn(zk_follower(st.clone(), zk.clone())));
             zk_store = Some(zk);
         }

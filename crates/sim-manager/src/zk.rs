@@ -320,6 +320,7 @@ pub(crate) async fn zk_follower(st: Arc<State>, store: Arc<ZkStore>) {
                 Err(e) => warn!(name = %st.name, "reading the primary: {e:#}"),
             }
             let event = watcher.changed().await;
+            st.watch_event();
             if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
                 break;
             }

@@ -14,9 +14,13 @@
 //!   `served_by=NAME role=ROLE bytes=N sha256=HEX`; `?echo=1` also echoes bytes as they come),
 //!   `POST /hijack` without those headers (200, "no upgrade requested"),
 //!   `/fault/drop-after-request`, `/fault/drop-after-first-byte` (any method), and every
-//!   other POST/PUT/PATCH/DELETE = a write (201 for POST, 200 otherwise, `{"Id": <request id>}`).
+//!   other POST/PUT/PATCH/DELETE = a write (201 for POST, 200 otherwise, `{"Id": <request id>}`;
+//!   with `?sleep_ms=N` it answers N ms after it was logged).
 //!   With `--discovery manual` also `POST /_sim/state` (what it says about the election) and
 //!   `GET /nodes` (swarm mode); see crates/sim-manager/src/manual.rs.
+//! - with `--observe` it runs in no election and only follows it, printing
+//!   `Store primary <unix µs> <address>` on stdout at each change (the conformance failover
+//!   test's own view of when the store named a new leader).
 //! - appends to the shared log file, before answering: `<request id> <name> <role>` per
 //!   write, `<request id> <name> <role> <path>` per fault (request id from `X-Request-Id`,
 //!   `-` if absent). [`read_log`] parses it.
