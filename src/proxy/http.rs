@@ -291,7 +291,8 @@ impl ProxyHttp for DockerApi {
         info!(
             target: "access",
             method = %req.method,
-            path = %super::redact::uri(&req.uri.to_string()),
+            // Origin-form, as Docker clients send it: no copy of the URI per request.
+            path = %super::redact::uri(req.uri.path_and_query().map_or("/", |pq| pq.as_str())),
             status,
             upstream = %OrDash(ctx.hold.upstream()),
             duration_ms = ctx.started.elapsed().as_millis() as u64,
