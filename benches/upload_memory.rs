@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use testkit::dockerd::{docker, run, Dockerd, DEBIAN_DOCKER};
 use testkit::etcd::Etcd;
+use testkit::stats::Spread;
 
 const SIZE: u64 = 1 << 30;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -124,7 +125,10 @@ fn main() {
         (after.hwm_kib as f64 - before.hwm_kib as f64) / 1024.0,
         (peak_sampled as f64 - before.rss_kib as f64) / 1024.0
     );
-    let (p, d) = (Spread::of(&proxied), Spread::of(&direct));
+    let (p, d) = (
+        Spread::of(proxied.iter().copied()),
+        Spread::of(direct.iter().copied()),
+    );
     println!(
         "  docker build wall time, through the proxy: median {:.2} s (min {:.2}, max {:.2})",
         p.median, p.min, p.max
@@ -139,31 +143,6 @@ fn main() {
     );
     let _ = proxy.kill();
     let _ = proxy.wait();
-}
-
-/// The median and range of some samples.
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(samples: &[f64]) -> Spread {
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Spread {
-            median,
-            min: sorted[0],
-            max: sorted[n - 1],
-        }
-    }
 }
 
 /// VmRSS and VmHWM of a process, in KiB.

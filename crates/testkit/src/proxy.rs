@@ -214,3 +214,66 @@ pub fn signal(pid: u32, name: &str) {
         .args([&format!("-{name}"), &pid.to_string()])
         .status();
 }
+
+/// A `leader-proxy` for benchmarks: its own defaults (no extra log level), listening on a
+/// free port, its log written to a file (as under a service manager, and unbounded in the
+/// benchmark's memory if kept like [`Proxy`]'s), killed on drop.
+pub struct BenchProxy {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl BenchProxy {
+    /// Starts `leader-proxy --listen 127.0.0.1:PORT --admin 127.0.0.1:PORT2 ARGS…` and waits
+    /// until it accepts connections.
+    pub fn start(args: &[&str]) -> BenchProxy {
+        let dir = tempfile::Builder::new()
+            .prefix("lp-bench-")
+            .tempdir()
+            .expect("temp dir");
+        let ports = crate::server_process::free_ports(2);
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
+        let log_path = dir.path().join("proxy.log");
+        let child = Command::new(crate::bins::leader_proxy())
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--admin", &format!("127.0.0.1:{}", ports[1])])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(crate::server_process::open_log(&log_path, "leader-proxy"))
+            .spawn()
+            .expect("start leader-proxy");
+        let child = crate::server_process::wait_ready(
+            child,
+            "leader-proxy",
+            "leader-proxy not listening",
+            Duration::from_secs(20),
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+            || std::net::TcpStream::connect(addr).is_ok(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        BenchProxy { child, addr, dir }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BenchProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
