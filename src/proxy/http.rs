@@ -62,6 +62,8 @@ pub struct RequestCtx {
     /// `swarm://`: the leader answered this (idempotent) request 503; it is held and sent
     /// again, and a hold that ends says so.
     no_leader: Option<std::net::SocketAddr>,
+    /// The upstream socket this request runs on (set on each connection pingora picks).
+    upstream_fd: Option<std::os::unix::io::RawFd>,
 }
 
 impl DockerApi {
@@ -101,6 +103,7 @@ impl ProxyHttp for DockerApi {
             hold_error: None,
             tls_warned: false,
             no_leader: None,
+            upstream_fd: None,
         }
     }
 
@@ -143,6 +146,19 @@ impl ProxyHttp for DockerApi {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -176,6 +192,11 @@ impl ProxyHttp for DockerApi {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The head is in; a body the manager held back behind it (Nagle) must not wait for
+        // our delayed ACK.
+        if let Some(fd) = ctx.upstream_fd {
+            super::tcp::ack_now(fd);
+        }
         if self.swarm
             && upstream_response.status == http::StatusCode::SERVICE_UNAVAILABLE
             && may_resend(&session.req_header().method)

@@ -41,6 +41,23 @@ pub fn tune(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&crate::keepalive::socket2());
 }
 
+/// Acknowledges what arrived on an upstream socket now, and leaves delayed-ACK ("pingpong")
+/// mode, by setting `TCP_QUICKACK`. Called when a response head arrives on a pooled L7
+/// upstream connection: a manager that writes its head and body in two writes without
+/// `TCP_NODELAY` (Nagle) holds the body until the head is acknowledged, and Linux delays
+/// that ACK by 40 ms on a connection it sees as interactive, which a reused connection is.
+/// The option is not sticky (the kernel may enter pingpong mode again when the next request
+/// is sent), hence once per response. docs/architecture.md#upstream-sockets.
+///
+/// `fd` must be an open TCP socket for the duration of the call: pingora's connection of
+/// the request being served.
+pub fn ack_now(fd: std::os::unix::io::RawFd) {
+    // SAFETY: the caller's connection owns `fd` and keeps it open while it serves the
+    // request this is called for; the borrow ends before this function returns.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&fd).set_quickack(true);
+}
+
 /// The L4 proxy, shared by every listener in `--mode tcp`.
 pub struct L4Proxy {
     hold: Arc<Hold>,

@@ -23,6 +23,7 @@ pub mod programs;
 pub mod proxy;
 pub mod server_process;
 pub mod sim;
+pub mod sockets;
 pub mod source_events;
 pub mod split_write;
 pub mod stats;
