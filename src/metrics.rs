@@ -41,6 +41,10 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// SIGHUP reloads of the certificates, by `result` (`ok`, `error`: the old ones kept).
     pub reloads: IntCounterVec,
+    /// Log lines (access-log lines included) the log writer dropped because its queue was
+    /// full: brought up to date from `dropped_log_source` when `/metrics` is read.
+    dropped_log_lines: IntCounter,
+    dropped_log_source: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Metrics {
@@ -136,6 +140,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let dropped_log_lines = IntCounter::new(
+            "leader_proxy_log_lines_dropped_total",
+            "Log lines (access log included) dropped because the log writer fell behind",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(leader_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(leader.clone()),
@@ -151,6 +160,7 @@ impl Metrics {
             Box::new(l4_bytes.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(reloads.clone()),
+            Box::new(dropped_log_lines.clone()),
         ] {
             registry
                 .register(collector)
@@ -172,7 +182,15 @@ impl Metrics {
             l4_bytes,
             tls_handshake_failures,
             reloads,
+            dropped_log_lines,
+            dropped_log_source: None,
         }
+    }
+
+    /// Makes `leader_proxy_log_lines_dropped_total` show what `read` counts (the log
+    /// writer's own counter, which lives outside the registry).
+    pub fn count_dropped_log_lines(&mut self, read: Box<dyn Fn() -> u64 + Send + Sync>) {
+        self.dropped_log_source = Some(read);
     }
 
     /// Moves the `leader` gauge from the `old` address to the `new` one.
@@ -197,6 +215,10 @@ impl Metrics {
 
     /// The registry in Prometheus' text format.
     pub fn render(&self) -> String {
+        if let Some(read) = &self.dropped_log_source {
+            let seen = self.dropped_log_lines.get();
+            self.dropped_log_lines.inc_by(read().saturating_sub(seen));
+        }
         let mut out = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -30,6 +30,14 @@ use crate::tls::{ServerTls, UpstreamTls, UPSTREAM_CA};
 /// there). Called on the runtime: it must not block for long.
 pub type ReloadHook = Box<dyn Fn() + Send + Sync>;
 
+/// What the binary adds to the process it runs: its part of SIGHUP (the log level) and the
+/// count of log lines its writer dropped (for `/metrics`).
+#[derive(Default)]
+pub struct Hooks {
+    pub on_sighup: Option<ReloadHook>,
+    pub dropped_log_lines: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
 /// Everything one process runs, loaded and checked once by [`build`]: the settings, the
 /// leader source, and the certificates (each file read here, and only here).
 pub struct Start {
@@ -75,7 +83,7 @@ pub fn build(settings: Settings) -> Result<Start, StartError> {
 
 /// Runs what [`build`] prepared until SIGTERM or SIGINT, calling `on_sighup` after the
 /// certificates are reloaded on each SIGHUP.
-pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<()> {
+pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     let Start {
         settings,
         source,
@@ -85,7 +93,11 @@ pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<
     // Before anything listens: SIGHUP's default action would end the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if let Some(read) = hooks.dropped_log_lines {
+        metrics.count_dropped_log_lines(read);
+    }
+    let metrics = Arc::new(metrics);
     let router = Arc::new(Router::new(settings.discovery.scheme(), metrics.clone()));
 
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -126,7 +138,7 @@ pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<
         server_tls: server_tls.clone(),
         upstream_tls: upstream_tls.clone(),
         metrics: metrics.clone(),
-        hook: on_sighup,
+        hook: hooks.on_sighup,
     };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {

@@ -115,11 +115,7 @@ impl Proxy {
     /// The value of a metric line (`name{labels} value`) from `/metrics`, summed over
     /// the series whose line starts with `prefix`.
     pub fn metric(&self, prefix: &str) -> f64 {
-        let text = crate::http::get_text(&self.admin_url("/metrics"));
-        text.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_value(&crate::http::get_text(&self.admin_url("/metrics")), prefix)
     }
 
     /// `/leader` as JSON.
@@ -195,6 +191,14 @@ impl Drop for Proxy {
     }
 }
 
+/// The sum of the metric lines of a `/metrics` text that start with `prefix`.
+fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sends SIGTERM to a `leader-proxy` and waits for its exit status (at most `timeout`): the
 /// graceful stop every launcher of the binary uses.
 pub fn terminate(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
@@ -215,12 +219,14 @@ pub fn signal(pid: u32, name: &str) {
         .status();
 }
 
-/// A `leader-proxy` for benchmarks: its own defaults (no extra log level), listening on a
-/// free port, its log written to a file (as under a service manager, and unbounded in the
-/// benchmark's memory if kept like [`Proxy`]'s), killed on drop.
+/// A `leader-proxy` with its own defaults (no extra log level), listening on free ports
+/// chosen before it starts, its log written to a file (as under a service manager, and
+/// unbounded in memory if kept like [`Proxy`]'s), or to a pipe nobody reads (a stalled log
+/// consumer); killed on drop. For benchmarks, and tests of what the log does under load.
 pub struct BenchProxy {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -228,21 +234,38 @@ impl BenchProxy {
     /// Starts `leader-proxy --listen 127.0.0.1:PORT --admin 127.0.0.1:PORT2 ARGS…` and waits
     /// until it accepts connections.
     pub fn start(args: &[&str]) -> BenchProxy {
+        Self::launch(args, false)
+    }
+
+    /// [`Self::start`] with stderr a pipe that is never read: once the pipe is full, every
+    /// log write blocks (the proxy's log writer must, the requests must not).
+    pub fn start_with_stalled_log(args: &[&str]) -> BenchProxy {
+        Self::launch(args, true)
+    }
+
+    fn launch(args: &[&str], stalled_log: bool) -> BenchProxy {
         let dir = tempfile::Builder::new()
             .prefix("lp-bench-")
             .tempdir()
             .expect("temp dir");
         let ports = crate::server_process::free_ports(2);
         let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().expect("addr");
         let log_path = dir.path().join("proxy.log");
+        let stderr = if stalled_log {
+            Stdio::piped()
+        } else {
+            Stdio::from(crate::server_process::open_log(&log_path, "leader-proxy"))
+        };
         let child = Command::new(crate::bins::leader_proxy())
             .arg("--listen")
             .arg(addr.to_string())
-            .args(["--admin", &format!("127.0.0.1:{}", ports[1])])
+            .arg("--admin")
+            .arg(admin.to_string())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(crate::server_process::open_log(&log_path, "leader-proxy"))
+            .stderr(stderr)
             .spawn()
             .expect("start leader-proxy");
         let child = crate::server_process::wait_ready(
@@ -254,11 +277,24 @@ impl BenchProxy {
             || std::net::TcpStream::connect(addr).is_ok(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        BenchProxy { child, addr, dir }
+        BenchProxy {
+            child,
+            addr,
+            admin,
+            dir,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// As [`Proxy::metric`].
+    pub fn metric(&self, prefix: &str) -> f64 {
+        metric_value(
+            &crate::http::get_text(&format!("http://{}/metrics", self.admin)),
+            prefix,
+        )
     }
 
     pub fn pid(&self) -> u32 {
