@@ -13,6 +13,7 @@ pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod keepalive;
+pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

@@ -3,11 +3,11 @@
 //! [`server::run`]. Everything else lives in the library; this file only wires.
 
 use leader_proxy::config::{self, LogFormat, Settings};
+use leader_proxy::log_writer::{FlushOnDrop, LogWriter};
 use leader_proxy::server::{self, Hooks, ReloadHook};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: see the note on the dependency in Cargo.toml.
@@ -21,8 +21,14 @@ fn main() -> ExitCode {
         // Prints help/version (status 0) or the error naming the flag (status 2).
         Err(e) => e.exit(),
     };
-    // Held to the end of `main`: dropping it writes out the lines still queued.
-    let (set_filter, dropped, _log_guard) = init_logging(&settings);
+    // Held to the end of `main`: dropping it writes out the lines still buffered.
+    let (set_filter, log, _flush_log) = match init_logging(&settings) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("leader-proxy: starting the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("leader-proxy")
@@ -48,7 +54,7 @@ fn main() -> ExitCode {
     };
     let hooks = Hooks {
         on_sighup: Some(log_level_reload(args, set_filter)),
-        dropped_log_lines: Some(Box::new(move || dropped.dropped_lines() as u64)),
+        dropped_log_lines: Some(Box::new(move || log.dropped_lines())),
     };
     match runtime.block_on(server::run(start, hooks)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,24 +80,14 @@ fn filter(settings: &Settings) -> EnvFilter {
     EnvFilter::new(directives)
 }
 
-/// Log lines queued for the writer thread at most: a few MiB when a stalled log reader
-/// fills it, and seconds of lines at the highest request rates.
-const LOG_QUEUE_LINES: usize = 16 * 1024;
-
-/// Logs go to stderr through a writer thread: a request formats its access-log line and
-/// queues it, and never waits for a write(2) (issue 11: one write per request cost more
-/// than the rest of the logging). The thread writes what is queued in one go through a
-/// buffer. When the queue is full a line is dropped, not waited for, and counted
-/// ([`ErrorCounter`], exported as `leader_proxy_log_lines_dropped_total`).
-fn init_logging(settings: &Settings) -> (SetFilter, ErrorCounter, WorkerGuard) {
-    let (writer, guard): (NonBlocking, WorkerGuard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    let dropped = writer.error_counter();
+/// Logs go to stderr through [`LogWriter`]: off the request path, written in batches, and
+/// what a stalled stderr cannot take is counted, never silently dropped.
+fn init_logging(settings: &Settings) -> std::io::Result<(SetFilter, LogWriter, FlushOnDrop)> {
+    let (writer, flush) = LogWriter::start(std::io::stderr())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(settings))
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(writer.clone());
     let set_filter: SetFilter = match settings.log_format {
         LogFormat::Text => {
             let builder = builder.with_filter_reloading();
@@ -106,7 +102,7 @@ fn init_logging(settings: &Settings) -> (SetFilter, ErrorCounter, WorkerGuard) {
             Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
         }
     };
-    (set_filter, dropped, guard)
+    Ok((set_filter, writer, flush))
 }
 
 /// SIGHUP's part of the binary: the settings are read again as at start (the same command

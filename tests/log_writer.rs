@@ -1,6 +1,6 @@
 //! The log is written off the request path: a log reader that stalls (a full pipe to a
 //! hung journald or `| less`) never stalls requests, and what the writer cannot take is
-//! counted, never dropped silently (`leader_proxy_log_lines_dropped_total`; src/main.rs).
+//! counted, never dropped silently (`leader_proxy_log_lines_dropped_total`; src/log_writer.rs).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +12,7 @@ use testkit::etcd_proxy::KEY;
 use testkit::proxy::BenchProxy;
 
 /// Requests on each of the client connections: together, more access-log lines than the
-/// pipe (64 KiB) and the writer's queue (16,384 lines) hold.
+/// pipe (64 KiB) and the log buffer (1 MiB, about 7,000 lines) hold.
 const PER_CONNECTION: usize = 6_000;
 const CONNECTIONS: usize = 4;
 
