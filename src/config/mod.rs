@@ -1,16 +1,16 @@
 //! The configuration: the command line, the environment, the `--config` file and the
 //! defaults, layered in that order of precedence and checked, into [`Settings`]. The binary
-//! calls [`load_from_args`]; the parts are:
+//! calls [`load_from_args`]. The text layers are pure (text in, text out) and live in
+//! crates/parsers/src/config/, the `leader-proxy-parsers` crate that the fuzz targets build
+//! without pingora; they are re-exported here under the same names:
 //! - `cli.rs`: [`Cli`], the options as text, which the flags are parsed into and the file
 //!   is deserialised into, and the `--help` text (a contract, docs/cli.md);
 //! - `env.rs`: the `LEADER_PROXY_*` variables, found from [`Cli`]'s clap definition;
 //! - `file.rs`: the TOML file;
 //! - `discovery_opts.rs`: `--discovery-opt`, the one option merged per key;
-//! - `error.rs`: [`ConfigError`]; `secret.rs`: [`Secret`], for what must not be printed;
+//! - `error.rs`: [`ConfigError`]; `secret.rs`: [`Secret`], for what must not be printed.
 //!
-//!   these six are text in, text out, and live in crates/parsers/src/config/ (the
-//!   `leader-proxy-parsers` crate, which the fuzz targets build without pingora); they are
-//!   re-exported here under the same names. Here:
+//! Here, what needs the typed settings:
 //! - `resolve.rs`: text to typed [`Settings`], with the defaults;
 //! - `policy.rs`: which listeners may open and which TLS options go together.
 //!
