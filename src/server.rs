@@ -65,11 +65,15 @@ pub enum StartError {
 /// tokio runtime (the store clients are built here, not yet connected).
 pub fn build(settings: Settings) -> Result<Start, StartError> {
     let upstream_tls = match &settings.upstream_cert_path {
-        Some(dir) => Some(Arc::new(UpstreamTls::load(dir).map_err(ConfigError::from)?)),
+        Some(dir) => Some(Arc::new(
+            UpstreamTls::load(dir).map_err(crate::config::tls_error)?,
+        )),
         None => None,
     };
     let server_tls = match &settings.tls {
-        Some(files) => Some(Arc::new(ServerTls::load(files).map_err(ConfigError::from)?)),
+        Some(files) => Some(Arc::new(
+            ServerTls::load(files).map_err(crate::config::tls_error)?,
+        )),
         None => None,
     };
     let source = source_for(settings.source_config(upstream_tls.clone()))?;

@@ -4,7 +4,7 @@
 //! with a Docker-style JSON `message`) and the connection closes, instead of silence.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use testkit::etcd_proxy::proxy_with_leader;
@@ -74,6 +74,32 @@ fn oversized_and_malformed_heads_get_a_docker_style_answer() {
         b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+/// Empty lines before a request line are skipped, as dockerd, httparse and pingora skip
+/// them, not taken for a request of their own: an attach sent after two of them is
+/// hijacked (101, the stream reaches the manager whole and its EOF with it). Found by the
+/// head fuzz target (fuzz/corpus/head/regress-leading-empty-lines).
+#[test]
+fn empty_lines_before_an_upgrade_request_do_not_hide_it() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let mut stream = TcpStream::connect(proxy.addr()).expect("connect to the proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    stream
+        .write_all(
+            b"\r\n\r\nPOST /v1.41/containers/abc/attach?stream=1&stdin=1 HTTP/1.1\r\n\
+              Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+        )
+        .expect("send the attach");
+    let head = testkit::tls::read_head(&mut stream).expect("the answer's head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(&[b'x'; 1000]).expect("send the stream");
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    assert!(reply.contains("bytes=1000"), "{reply:?}");
 }
 
 /// An idle L7 client connection carries TCP keepalive probes (as L4 ones do): `ss` shows

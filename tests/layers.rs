@@ -143,3 +143,58 @@ fn the_checker_sees_grouped_and_plain_paths_but_not_comments() {
                 // crate::server is only mentioned\n/// [`crate::admin`] in a doc link";
     assert_eq!(crate_paths(code), ["metrics", "router", "tls"]);
 }
+
+/// The parsers crate (crates/parsers) is what the fuzz targets build: if it pulled in
+/// pingora, a store client or leader-proxy itself, every fuzz build would compile them,
+/// and a parser would be one import away from the proxy's state. Checked on `Cargo.lock`,
+/// which lists what each package really depends on, transitively.
+#[test]
+fn the_parsers_crate_builds_without_pingora_or_the_proxy() {
+    let lock: toml::Table = std::fs::read_to_string(Path::new(ROOT).join("Cargo.lock"))
+        .expect("read Cargo.lock")
+        .parse()
+        .expect("Cargo.lock is TOML");
+    let packages = lock["package"].as_array().expect("[[package]] entries");
+    // name -> the names it depends on (one version of each is enough to see a name).
+    let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for package in packages {
+        let name = package["name"].as_str().expect("a package name");
+        let named = package
+            .get("dependencies")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .map(|d| d.split(' ').next().unwrap_or(d));
+        deps.entry(name).or_default().extend(named);
+    }
+    assert!(
+        deps.contains_key("leader-proxy-parsers"),
+        "Cargo.lock has no leader-proxy-parsers"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec!["leader-proxy-parsers"];
+    while let Some(name) = todo.pop() {
+        if seen.insert(name) {
+            todo.extend(deps.get(name).into_iter().flatten().copied());
+        }
+    }
+    let forbidden: Vec<_> = seen
+        .iter()
+        .filter(|name| {
+            name.starts_with("pingora")
+                || [
+                    "leader-proxy",
+                    "etcd-client",
+                    "zookeeper-client",
+                    "reqwest",
+                    "hyper",
+                ]
+                .contains(name)
+        })
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "leader-proxy-parsers depends on {forbidden:?}; the fuzz targets would build them"
+    );
+}

@@ -1,14 +1,18 @@
 //! The configuration: the command line, the environment, the `--config` file and the
 //! defaults, layered in that order of precedence and checked, into [`Settings`]. The binary
-//! calls [`load_from_args`]; the parts are:
+//! calls [`load_from_args`]. The text layers are pure (text in, text out) and live in
+//! crates/parsers/src/config/, the `leader-proxy-parsers` crate that the fuzz targets build
+//! without pingora; they are re-exported here under the same names:
 //! - `cli.rs`: [`Cli`], the options as text, which the flags are parsed into and the file
 //!   is deserialised into, and the `--help` text (a contract, docs/cli.md);
 //! - `env.rs`: the `LEADER_PROXY_*` variables, found from [`Cli`]'s clap definition;
 //! - `file.rs`: the TOML file;
 //! - `discovery_opts.rs`: `--discovery-opt`, the one option merged per key;
-//! - `resolve.rs`: text to typed [`Settings`], with the defaults;
-//! - `policy.rs`: which listeners may open and which TLS options go together;
 //! - `error.rs`: [`ConfigError`]; `secret.rs`: [`Secret`], for what must not be printed.
+//!
+//! Here, what needs the typed settings:
+//! - `resolve.rs`: text to typed [`Settings`], with the defaults;
+//! - `policy.rs`: which listeners may open and which TLS options go together.
 //!
 //! Adding a flag is one field in [`Cli`], whose doc comment is its help: its variable and
 //! its file key follow from it. Its typed value is then a field of [`Settings`] and a line
@@ -25,16 +29,15 @@
 //! - `listen` is a list taken whole from the highest source that gives it;
 //! - `discovery-opt` is merged per key (`discovery_opts.rs`).
 
-pub mod cli;
-mod discovery_opts;
-mod env;
-mod error;
-mod file;
 mod policy;
 mod resolve;
-mod secret;
+#[cfg(test)]
+mod source_tests;
 #[cfg(test)]
 pub(crate) mod test_support;
+
+pub use leader_proxy_parsers::config::cli;
+use leader_proxy_parsers::config::{discovery_opts, env, error, file};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -47,12 +50,11 @@ use std::time::Duration;
 use clap::{ArgMatches, FromArgMatches};
 
 use self::cli::Cli;
-pub use self::error::ConfigError;
-pub use self::secret::Secret;
 use crate::discovery::{DiscoveryUrl, Election, SourceConfig};
 use crate::proxy::drain::OnLeaderChange;
 pub use crate::tls::ClientTls;
-use crate::tls::UpstreamTls;
+use crate::tls::{TlsError, UpstreamTls};
+pub use leader_proxy_parsers::config::{ConfigError, Secret};
 
 /// What `main` calls: the command line layered over the process environment, the `--config`
 /// file and the defaults. On `Err(e)`, `e.exit()`.
@@ -92,6 +94,12 @@ where
         layered(file, [&env, &flags])?,
         discovery_opts::merge([file_opts, env_opts, flag_opts]),
     )
+}
+
+/// A certificate file that cannot work is a bad value of its flag like any other: the TLS
+/// loader names the flag and the file, which is all [`ConfigError::Invalid`] needs.
+pub fn tls_error(e: TlsError) -> ConfigError {
+    error::invalid(e.long, &e.path.display().to_string(), e.reason)
 }
 
 /// `base` with `layers` laid over it, lowest first: an option a layer gives replaces what is

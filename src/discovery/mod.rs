@@ -6,10 +6,11 @@
 
 mod announce;
 pub mod backoff;
+/// The DISCOVERY URL and leader-value parsers, in the `leader-proxy-parsers` crate
+/// (crates/parsers) so that their fuzz targets build without pingora.
+pub use leader_proxy_parsers::{url, value};
 mod manager;
 mod store;
-pub mod url;
-pub mod value;
 
 use std::collections::BTreeMap;
 use std::fmt;

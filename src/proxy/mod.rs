@@ -5,8 +5,10 @@
 //! them ask [`hold::Hold`] for the upstream, so they wait and retry the same way.
 
 pub mod drain;
+/// The request-head reader, in the `leader-proxy-parsers` crate (crates/parsers) so that
+/// its fuzz target builds without pingora.
+pub use leader_proxy_parsers::head;
 pub mod front;
-pub mod head;
 pub mod hijack;
 pub mod hold;
 pub mod http;

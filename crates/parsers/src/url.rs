@@ -78,7 +78,7 @@ impl DiscoveryUrl {
             return Err(UrlError::NoHost);
         }
         for host in &hosts {
-            if crate::discovery::LeaderAddr::parse(host).is_err() {
+            if crate::value::LeaderAddr::parse(host).is_err() {
                 return Err(UrlError::Host(host.clone()));
             }
         }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::env::env_name;
-use crate::discovery::url::UrlError;
+use crate::url::UrlError;
 
 /// A configuration leader-proxy refuses. Display is the message for the user; the binary
 /// prints `leader-proxy: <message>` and exits with status 2 ([`ConfigError::exit`]).
@@ -75,16 +75,8 @@ impl ConfigError {
     }
 }
 
-/// A certificate file that cannot work is a bad value of its flag like any other: the TLS
-/// loader names the flag and the file, which is all [`ConfigError::Invalid`] needs.
-impl From<crate::tls::TlsError> for ConfigError {
-    fn from(e: crate::tls::TlsError) -> Self {
-        invalid(e.long, &e.path.display().to_string(), e.reason)
-    }
-}
-
 /// A value of `--long` that does not parse, whichever source gave it.
-pub(super) fn invalid(long: &str, value: &str, expected: impl Into<String>) -> ConfigError {
+pub fn invalid(long: &str, value: &str, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         long: long.to_string(),
         value: value.to_string(),
@@ -95,22 +87,6 @@ pub(super) fn invalid(long: &str, value: &str, expected: impl Into<String>) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::test_support::{load, URL};
-
-    #[test]
-    fn help_version_and_clap_errors_exit_like_clap() {
-        let exit = |rest: &[&str]| match load(rest) {
-            Err(e @ ConfigError::Clap(_)) => e.exit_code(),
-            other => panic!("{rest:?}: {other:?}"),
-        };
-        assert_eq!(exit(&["--help"]), 0);
-        assert_eq!(exit(&["-h"]), 0);
-        assert_eq!(exit(&["--version"]), 0);
-        assert_eq!(exit(&["--bogus", URL]), 2);
-        assert_eq!(exit(&["--hold-timeout"]), 2);
-        assert_eq!(exit(&[URL, URL]), 2);
-        assert_eq!(ConfigError::MissingDiscovery.exit_code(), 2);
-    }
 
     #[test]
     fn invalid_names_the_flag_its_variable_and_its_file_key() {

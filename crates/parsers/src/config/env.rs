@@ -20,10 +20,10 @@ use super::cli::{self, Cli};
 use super::error::{invalid, ConfigError};
 
 /// Prefix of every variable.
-pub(super) const ENV_PREFIX: &str = "LEADER_PROXY_";
+pub const ENV_PREFIX: &str = "LEADER_PROXY_";
 
 /// The variable of a long flag: `hold-timeout` → `LEADER_PROXY_HOLD_TIMEOUT`.
-pub(super) fn env_name(long: &str) -> String {
+pub fn env_name(long: &str) -> String {
     format!(
         "{ENV_PREFIX}{}",
         long.to_ascii_uppercase().replace('-', "_")
@@ -31,7 +31,7 @@ pub(super) fn env_name(long: &str) -> String {
 }
 
 /// The `LEADER_PROXY_*` variables of the process.
-pub(super) fn process_env() -> Result<HashMap<String, String>, ConfigError> {
+pub fn process_env() -> Result<HashMap<String, String>, ConfigError> {
     let mut env = HashMap::new();
     for (var, value) in std::env::vars_os() {
         let Some(var) = var.to_str() else { continue };
@@ -50,7 +50,7 @@ pub(super) fn process_env() -> Result<HashMap<String, String>, ConfigError> {
 /// The environment as the matches of a command line: each variable becomes the flag it
 /// stands for, parsed by the same command as the command line, so a value is checked the
 /// same way whichever source gave it.
-pub(super) fn layer(env: &HashMap<String, String>) -> Result<ArgMatches, ConfigError> {
+pub fn layer(env: &HashMap<String, String>) -> Result<ArgMatches, ConfigError> {
     let mut argv = vec!["leader-proxy".to_string()];
     let mut discovery = None;
     for EnvVar { var, long, kind } in env_vars() {
@@ -142,8 +142,6 @@ fn parse_bool(value: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::test_support::{err, err_env, file, load, load_env, path, URL};
-    use crate::config::ConfigError;
 
     #[test]
     fn names_follow_the_contract() {
@@ -170,60 +168,5 @@ mod tests {
         assert_eq!(kind("insecure-bind"), Some(EnvKind::Bool));
         assert_eq!(kind("tlsverify"), Some(EnvKind::Bool));
         assert_eq!(kind("hold-timeout"), Some(EnvKind::Single));
-    }
-
-    #[test]
-    fn config_and_discovery_from_the_environment() {
-        let f = file("discovery = \"etcd://127.0.0.1:1111/file\"\nmax-held = 7\n");
-        let s = load_env(&[], &[("LEADER_PROXY_CONFIG", path(&f))]).unwrap();
-        assert_eq!(s.discovery.prefix(), "file");
-        assert_eq!(s.max_held, 7);
-        let s = load_env(
-            &[],
-            &[
-                ("LEADER_PROXY_CONFIG", path(&f)),
-                ("LEADER_PROXY_DISCOVERY", "etcd://127.0.0.1:2222/env"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(s.discovery.prefix(), "env");
-        let s = load_env(
-            &["etcd://127.0.0.1:3333/flag"],
-            &[("LEADER_PROXY_DISCOVERY", "etcd://127.0.0.1:2222/env")],
-        )
-        .unwrap();
-        assert_eq!(s.discovery.prefix(), "flag");
-        // An empty variable is unset.
-        assert!(matches!(
-            load_env(&[], &[("LEADER_PROXY_DISCOVERY", "")]),
-            Err(ConfigError::MissingDiscovery)
-        ));
-        assert!(err(&[]).contains("DISCOVERY is required"));
-    }
-
-    #[test]
-    fn bools_layer_both_ways() {
-        let f = file("insecure-bind = true\nlisten = \"0.0.0.0:0\"\n");
-        let conf = ["--config", path(&f), URL];
-        assert!(load(&conf).unwrap().insecure_bind);
-        for off in ["0", "false", "no", "OFF"] {
-            let e = err_env(&conf, &[("LEADER_PROXY_INSECURE_BIND", off)]);
-            assert!(e.contains("refusing --listen 0.0.0.0:0"), "{e}");
-        }
-        let mut off_flag = vec!["--insecure-bind=false"];
-        off_flag.extend(conf);
-        assert!(err(&off_flag).contains("refusing --listen"));
-        let s = load_env(
-            &["--listen", "0.0.0.0:0", URL],
-            &[("LEADER_PROXY_INSECURE_BIND", "1")],
-        )
-        .unwrap();
-        assert!(s.insecure_bind);
-        let e = err_env(&[URL], &[("LEADER_PROXY_INSECURE_BIND", "maybe")]);
-        assert_eq!(
-            e,
-            "invalid value \"maybe\" for --insecure-bind (also LEADER_PROXY_INSECURE_BIND / \
-             insecure-bind): expected true or false (1/0, yes/no, on/off)"
-        );
     }
 }

@@ -47,10 +47,14 @@ impl HeadError {
 }
 
 /// Reads until the end of a request head: the first empty line, `\r\n\r\n` or a bare
-/// `\n\n` (httparse and pingora accept bare LF line ends, and so do dockerd and HAProxy).
+/// `\n\n` (httparse and pingora accept bare LF line ends, and so do dockerd and HAProxy),
+/// after the request line: empty lines before it are skipped, as httparse and pingora skip
+/// them (RFC 9112, section 2.2), and stay in the bytes handed on.
 pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<Head, HeadError> {
     let mut bytes = BytesMut::with_capacity(4096);
     let mut searched: usize = 0;
+    // How many bytes of empty lines come before the request line, as far as read.
+    let mut leading: usize = 0;
     loop {
         if io.read_buf(&mut bytes).await? == 0 {
             return if bytes.is_empty() {
@@ -59,9 +63,23 @@ pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> Result<Head, HeadErr
                 Err(HeadError::Truncated)
             };
         }
+        // Found by fuzz/ (corpus/head/regress-leading-empty-lines): taking a leading empty
+        // line for the end of the head let `\r\n\r\nGET … Upgrade: tcp` reach pingora as
+        // a request the front had not read.
+        while bytes
+            .get(leading)
+            .is_some_and(|b| matches!(b, b'\r' | b'\n'))
+        {
+            leading += 1;
+        }
         // Resume the search two bytes back, in case the terminator straddles two reads.
-        let from = searched.saturating_sub(2);
+        let from = searched.saturating_sub(2).max(leading);
         if let Some(end) = find_terminator(&bytes[from..]) {
+            // One read can carry the buffer from below the limit to far past it (the
+            // buffer doubles): the limit is on where the head ends, not on the buffer.
+            if from + end > MAX_HEAD {
+                return Err(HeadError::TooLarge);
+            }
             let upgrade = carries_upgrade(&bytes[..from + end])?;
             return Ok(Head::Request { bytes, upgrade });
         }
@@ -94,10 +112,13 @@ fn carries_upgrade(head: &[u8]) -> Result<bool, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
-        Ok(_) => Ok(request
+        Ok(httparse::Status::Complete(_)) => Ok(request
             .headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))),
+        // An empty line that httparse does not take for the end of the head: whatever
+        // follows would be read differently by the front and by pingora.
+        Ok(httparse::Status::Partial) => Err(HeadError::Malformed(httparse::Error::NewLine)),
         Err(e) => Err(HeadError::Malformed(e)),
     }
 }
@@ -147,6 +168,16 @@ mod tests {
             );
         }
         assert_eq!(find_terminator(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+
+        // Empty lines before the request line are not the end of the head: the head read
+        // is the request after them, with its Upgrade.
+        let mut io = &b"\r\n\r\nPOST /exec/x/start HTTP/1.1\r\nUpgrade: tcp\r\n\r\n"[..];
+        assert!(matches!(
+            read_head(&mut io).await,
+            Ok(Head::Request { upgrade: true, .. })
+        ));
+        let mut io = &b"\n\n x\n\n"[..];
+        assert_eq!(read_head(&mut io).await.unwrap_err().status(), Some(400));
         assert_eq!(find_terminator(b"a\n\nrest"), Some(3));
     }
 
@@ -164,6 +195,18 @@ mod tests {
         huge.resize(300 * 1024, b'a');
         let mut io = &huge[..];
         assert_eq!(read_head(&mut io).await.unwrap_err().status(), Some(431));
+
+        // Found by fuzz/ (corpus/head/regress-head-past-max): a head whose end arrives in
+        // the read that takes the buffer past MAX_HEAD, accepted or parsed before.
+        for line in [&b"GET / HTTP/1.1\r\n"[..], &b"GET / HTTP/9.9 x\r\n"[..]] {
+            let mut past = line.to_vec();
+            past.extend_from_slice(b"X-Big: ");
+            past.resize(MAX_HEAD + 40 * 1024, b'a');
+            past.extend_from_slice(b"\r\n\r\n");
+            let mut io = &past[..];
+            let e = read_head(&mut io).await.unwrap_err();
+            assert!(matches!(e, HeadError::TooLarge), "{e:?}");
+        }
 
         let mut broken = &b"GET /_ping HTTP/9.9 extra\r\n\r\n"[..];
         assert_eq!(

@@ -1,0 +1,136 @@
+//! The `--config` file layer (`leader_proxy_parsers::config::file::parse`: TOML into the
+//! clap `Cli`, then the `discovery-opt` entries) against arbitrary text.
+//!
+//! Properties of an accepted file:
+//! - every key it gives, laid on the command line as its flag (`--KEY=VALUE`, one per
+//!   list item, DISCOVERY after `--`), is accepted by clap and sets exactly what the file
+//!   set: the contract that makes a flag one field (docs/cli.md);
+//! - each single-valued key given as its `LEADER_PROXY_*` variable (the environment layer)
+//!   sets the same as its flag, but for blank values, which count as unset there;
+//! - `discovery-opt` entries are one per key, with a key that is not empty and has no
+//!   surrounding space, and a Debug print of them shows no value (they are `Secret`s).
+
+#![no_main]
+
+use std::collections::HashMap;
+
+use clap::{ArgAction, FromArgMatches};
+use leader_proxy_parsers::config::cli::{self, Cli};
+use leader_proxy_parsers::config::{env, file};
+use libfuzzer_sys::fuzz_target;
+
+/// The command line that gives what `table` gives; `cli` is what the file parsed into.
+fn as_flags(table: &toml::Table, parsed: &Cli) -> Vec<String> {
+    let mut argv = vec!["leader-proxy".to_string()];
+    let mut discovery = None;
+    for (key, value) in table {
+        if key == "discovery" {
+            discovery = value.as_str().map(str::to_string);
+            continue;
+        }
+        if key == "discovery-opt" {
+            // The table form's dotted keys are joined by the file layer; take its entries.
+            argv.extend(
+                parsed
+                    .discovery_opt
+                    .iter()
+                    .map(|entry| format!("--discovery-opt={}", entry.expose())),
+            );
+            continue;
+        }
+        let items = match value {
+            toml::Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        for item in items {
+            let text = match item {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            argv.push(format!("--{key}={text}"));
+        }
+    }
+    if let Some(discovery) = discovery {
+        argv.push("--".to_string());
+        argv.push(discovery);
+    }
+    argv
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    let Ok((from_file, opts)) = file::parse(text) else {
+        return;
+    };
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("the file parsed into Cli but not as a TOML table: {e}"));
+
+    let argv = as_flags(&table, &from_file);
+    let matches = cli::command()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| panic!("the file was accepted, its flags {argv:?} are not: {e}"));
+    let from_flags = Cli::from_arg_matches(&matches).expect("clap's own matches");
+    assert_eq!(
+        from_flags, from_file,
+        "the flags {argv:?} set something else than the file"
+    );
+
+    // The environment: the single-valued keys (a list's variable is split at commas), as
+    // text; a blank variable counts as unset, so it is left out.
+    let command = cli::command();
+    let mut vars = HashMap::new();
+    let mut single = toml::Table::new();
+    for (key, value) in &table {
+        let repeatable = command.get_arguments().any(|a| {
+            a.get_long() == Some(key.as_str()) && matches!(a.get_action(), ArgAction::Append)
+        });
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if repeatable || text.trim().is_empty() {
+            continue;
+        }
+        let var = if key == "discovery" {
+            "LEADER_PROXY_DISCOVERY".to_string()
+        } else {
+            env::env_name(key)
+        };
+        vars.insert(var, text);
+        single.insert(key.clone(), value.clone());
+    }
+    let from_env = env::layer(&vars)
+        .map(|matches| Cli::from_arg_matches(&matches).expect("clap's own matches"))
+        .unwrap_or_else(|e| panic!("the file was accepted, its variables {vars:?} are not: {e}"));
+    let argv = as_flags(&single, &from_file);
+    let matches = cli::command()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| panic!("flags {argv:?}: {e}"));
+    let from_single_flags = Cli::from_arg_matches(&matches).expect("clap's own matches");
+    assert_eq!(
+        from_env, from_single_flags,
+        "the variables {vars:?} set something else than {argv:?}"
+    );
+
+    let entries = from_file.discovery_opt.len();
+    assert_eq!(
+        opts.len(),
+        entries,
+        "a discovery-opt key given twice was kept"
+    );
+    for key in opts.keys() {
+        assert!(
+            !key.is_empty() && key.trim() == key,
+            "discovery-opt key {key:?}"
+        );
+    }
+    let shown = format!("{:?}", from_file.discovery_opt);
+    assert_eq!(
+        shown,
+        format!("[{}]", vec!["***"; entries].join(", ")),
+        "Debug shows a value"
+    );
+});
