@@ -123,7 +123,7 @@ impl HijackRelay {
             self.metrics.retries.with_label_values(&["connect"]).inc();
         };
         // The client may have left during the dial.
-        if self.hold.client_left(&state) {
+        if self.hold.client_left(&mut state) {
             self.abandon(&summary, started);
             return Relayed::Closed;
         }

@@ -202,9 +202,12 @@ impl Hold {
     }
 
     /// True (and counted) when a request that waited has lost its client since
-    /// [`Self::next_upstream`] handed out its upstream: it must not be sent.
-    pub fn client_left(&self, state: &HoldState) -> bool {
-        let gone = state.held && state.client.as_ref().is_some_and(ClientWatch::is_gone);
+    /// [`Self::next_upstream`] handed out its upstream: it must not be sent. The last check,
+    /// once the leader is connected: the watch (a descriptor) is let go, not kept for as
+    /// long as an attach runs.
+    pub fn client_left(&self, state: &mut HoldState) -> bool {
+        let watch = state.client.take();
+        let gone = state.held && watch.as_ref().is_some_and(ClientWatch::is_gone);
         if gone {
             self.metrics.abandoned.inc();
         }

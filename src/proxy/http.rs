@@ -212,7 +212,7 @@ impl ProxyHttp for DockerApi {
         // the request fails and marks the leader again.
         ctx.hold.mark_connected();
         // The client may have left during the dial: the request is not written.
-        if self.hold.client_left(&ctx.hold) {
+        if self.hold.client_left(&mut ctx.hold) {
             return Err(self.abandon(session, ctx));
         }
         Ok(())
