@@ -1,6 +1,7 @@
 //! Held requests against the real proxy, a real etcd and a simulated manager
 //! (docs/failover.md#hold): a request whose client hung up while it was held is dropped,
-//! never sent, while no leader is known and while a leader refuses connections; an `Upgrade`
+//! never sent, while no leader is known and while a leader refuses connections or does not
+//! answer them; an `Upgrade`
 //! request whose client only half-closed is still served; and however many requests wait
 //! on a leader that refuses, it is dialled at most once per backoff step.
 
@@ -11,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use leader_proxy::proxy::hold::max_dials_within;
+use testkit::blackhole::Blackhole;
 use testkit::conformance::standalone;
 use testkit::etcd::Etcd;
 use testkit::etcd_proxy::{proxy_for, KEY};
@@ -111,20 +113,35 @@ fn a_request_held_without_leader_is_dropped_when_its_client_hangs_up() {
     elect_and_check(&etcd, &proxy, &manager, &dir.path().join("writes.log"));
 }
 
-#[test]
-fn a_request_held_on_a_refusing_leader_is_dropped_when_its_client_hangs_up() {
+/// The leader at `leader` takes no request: a kill held on it, whose client hangs up, is
+/// dropped between redials; then the leader is fixed.
+fn dropped_while_redialling(leader: &str, extra: &[&str]) {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
     let manager = standalone("m1", dir.path());
-    let refusing = format!("127.0.0.1:{}", free_ports(1)[0]);
-    etcd.put_v2(KEY, &refusing, None);
-    let proxy = proxy_for(&etcd, &["--hold-timeout", "60s"]);
-    proxy.wait_for_leader(WAIT, |l| l["leader"] == refusing.as_str());
+    etcd.put_v2(KEY, leader, None);
+    let mut args = vec!["--hold-timeout", "60s"];
+    args.extend_from_slice(extra);
+    let proxy = proxy_for(&etcd, &args);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == leader);
 
     send_and_hang_up(proxy.addr(), &kill("gone"));
     proxy.wait_for_metric(ABANDONED, 1.0, WAIT, "the kill was not dropped");
     assert!(proxy.metric(FAILED_DIALS) >= 1.0, "{}", proxy.log());
     elect_and_check(&etcd, &proxy, &manager, &dir.path().join("writes.log"));
+}
+
+#[test]
+fn a_request_held_on_a_refusing_leader_is_dropped_when_its_client_hangs_up() {
+    let refusing = format!("127.0.0.1:{}", free_ports(1)[0]);
+    dropped_while_redialling(&refusing, &[]);
+}
+
+#[test]
+fn a_request_held_on_a_silent_leader_is_dropped_when_its_client_hangs_up() {
+    let silent = Blackhole::new();
+    // Each dial waits out --connect-timeout; the hang-up comes during the first.
+    dropped_while_redialling(&silent.addr().to_string(), &["--connect-timeout", "1s"]);
 }
 
 #[test]

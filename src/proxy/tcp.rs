@@ -85,8 +85,9 @@ impl L4Proxy {
         let started = Instant::now();
         let mut state = self.hold.start();
         let (mut upstream, addr) = loop {
-            // Bytes, not requests: nothing tells a client that left from one that
-            // half-closed, so a held connection is not watched.
+            // Bytes, not requests: a half-closed client may still be reading (as an
+            // attach's does), and a reset one left nothing to send, so a held connection is
+            // not watched.
             let addr = match self.hold.next_upstream(&mut state, None).await {
                 Ok(upstream) => upstream.socket,
                 Err(e) => {
