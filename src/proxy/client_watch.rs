@@ -128,12 +128,16 @@ mod tests {
             "a half-closed upgrade client is still there"
         );
 
-        // A reset ends both.
-        let socket = socket2::SockRef::from(&client);
-        socket.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(client);
-        tokio::time::timeout(Duration::from_secs(10), upgrade.gone())
-            .await
-            .expect("a reset ends an upgrade's client");
+        // A reset ends both, also one that comes while `gone` waits (`join!` polls it first).
+        let reset = async move {
+            let socket = socket2::SockRef::from(&client);
+            socket.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(client);
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(upgrade.gone(), reset)
+        })
+        .await
+        .expect("a reset ends an upgrade's client");
     }
 }
