@@ -73,7 +73,7 @@ pub struct Client {
     pub upgrade: bool,
 }
 
-/// Shared by every request: the router and the limits.
+/// Shared by every request: the router, the limits and the leader's redial schedule.
 pub struct Hold {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
@@ -95,6 +95,7 @@ pub struct HoldState {
     /// lets another request dial.
     probe: Option<Probe>,
     permit: Option<HeldPermit>,
+    /// The client socket, watched from the request's first wait.
     client: Option<ClientWatch>,
     redial: Arc<Redial>,
 }
