@@ -25,6 +25,11 @@ pub struct Metrics {
     /// Requests sent again: `connect` (dial failed, any method), `idempotent` (after the
     /// request was written) or `no_leader` (swarm mode's manager answered 503 mid-election).
     pub retries: IntCounterVec,
+    /// Held requests dropped unsent because their client left (docs/failover.md#hold).
+    pub abandoned: IntCounter,
+    /// Dials to the leader by `result` (`ok`, `failed`): at most one per backoff step while
+    /// it fails, however many requests wait.
+    pub upstream_dials: IntCounterVec,
     /// Store outages seen (each `degraded` report).
     pub store_errors: IntCounter,
     /// Leader values ignored because they are not addresses.
@@ -96,6 +101,19 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let abandoned = IntCounter::new(
+            "leader_proxy_abandoned_requests_total",
+            "Held requests dropped unsent because their client left",
+        )
+        .expect("valid metric");
+        let upstream_dials = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_upstream_dials_total",
+                "Connections dialled to the leader, by result (ok, failed)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let store_errors = IntCounter::new(
             "leader_proxy_store_errors_total",
             "Store outages reported by the discovery backend",
@@ -153,6 +171,8 @@ impl Metrics {
             Box::new(held.clone()),
             Box::new(hold_seconds.clone()),
             Box::new(retries.clone()),
+            Box::new(abandoned.clone()),
+            Box::new(upstream_dials.clone()),
             Box::new(store_errors.clone()),
             Box::new(rejected_values.clone()),
             Box::new(l4_connections.clone()),
@@ -175,6 +195,8 @@ impl Metrics {
             held,
             hold_seconds,
             retries,
+            abandoned,
+            upstream_dials,
             store_errors,
             rejected_values,
             l4_connections,

@@ -197,3 +197,64 @@ fn retry_rules_on_the_fault_endpoints() {
         1.0
     );
 }
+
+/// `docker attach` to a container the manager does not have: the `Upgrade` request gets a
+/// 404 instead of `101`, and the connection is HTTP again. The next request on it is read
+/// like any other: answered, logged and counted on its own.
+#[test]
+fn an_upgrade_answered_without_101_gives_the_connection_back_to_http() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
+    let mut stream = TcpStream::connect(proxy.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /v1.41/containers/nonexistent/attach?stream=1&stdout=1 HTTP/1.1\r\n\
+              Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+        )
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("No such container: nonexistent"), "{body}");
+
+    let served = proxy.metric("leader_proxy_requests_total{code=\"200\"}");
+    stream
+        .write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut ok = [0u8; 2];
+    stream.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"OK");
+
+    // Each request has its own access-log line and its own count.
+    let access = |log: &str, needle: &str| {
+        log.lines()
+            .any(|l| l.contains("access:") && l.contains(needle))
+    };
+    proxy.wait_for_log_where("the access-log lines", Duration::from_secs(10), |log| {
+        access(log, "containers/nonexistent/attach") && access(log, "path=/_ping status=200")
+    });
+    proxy.wait_for_metric(
+        "leader_proxy_requests_total{code=\"200\"}",
+        served + 1.0,
+        Duration::from_secs(10),
+        "the ping after the refused upgrade is not counted",
+    );
+    assert_eq!(
+        proxy.metric("leader_proxy_requests_total{code=\"404\"}"),
+        1.0
+    );
+}

@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use super::drain::{Drain, RequestUpstream};
 use super::head::{read_head, Head};
-use super::hijack::HijackRelay;
+use super::hijack::{HijackRelay, Relayed};
 use super::http::DockerApi;
 use crate::tls::TlsConn;
 
@@ -101,8 +101,16 @@ impl Front {
                 }
             };
             if upgrade {
-                self.relay.relay(&mut stream, bytes).await;
-                return;
+                match self.relay.relay(&mut stream, bytes).await {
+                    Relayed::Closed => return,
+                    // Not upgraded: the next request is read like any other.
+                    Relayed::Http(rest) => {
+                        if !rest.is_empty() {
+                            stream.put_back(rest);
+                        }
+                        continue;
+                    }
+                }
             }
             stream.put_back(bytes);
             let mut session = ServerSession::new_http1(Box::new(stream));

@@ -17,13 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use pingora_core::protocols::UniqueID;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, info, warn};
 
 use super::drain::Drain;
-use super::hold::Hold;
+use super::exchange;
+use super::hold::{Client, Hold, HoldError};
 use super::write_docker_error;
 use crate::metrics::Metrics;
 use crate::router::Upstream;
@@ -55,29 +57,56 @@ impl HijackRelay {
         }
     }
 
-    /// Relays one upgraded request; `head` is everything read from the client so far.
-    pub async fn relay<C>(&self, client: &mut C, head: BytesMut)
+    /// Relays one `Upgrade` request; `head` is everything read from the client so far.
+    ///
+    /// The request (head, and a body of known length) goes to the leader first; what the
+    /// client sent after it waits for the answer. A `101` makes the connection a byte
+    /// relay to its end. Any other answer is relayed whole, by its framing, and the
+    /// connection goes back to HTTP ([`Relayed::Http`]) unless the leader closes it.
+    pub async fn relay<C>(&self, client: &mut C, mut head: BytesMut) -> Relayed
     where
-        C: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + UniqueID + Unpin,
     {
         let started = Instant::now();
         let summary = request_line(&head);
+        let (head_len, framing) = match exchange::request_framing(&head) {
+            Ok(found) => found,
+            Err(e) => {
+                self.reject_with(client, 400, &format!("{e} (leader-proxy)"))
+                    .await;
+                self.log(&summary, 400, None, started, 0, 0);
+                return Relayed::Closed;
+            }
+        };
+        let head_request = head.starts_with(b"HEAD ");
         let mut state = self.hold.start();
+        let watched = Client {
+            fd: client.id(),
+            upgrade: true,
+        };
         // A TLS failure is warned about once per request; the retries that follow (the
         // manager may be getting new certificates) are debug.
         let mut tls_warned = false;
         let mut upstream = loop {
-            let target = match self.hold.next_upstream(&mut state).await {
+            let target = match self.hold.next_upstream(&mut state, Some(watched)).await {
                 Ok(upstream) => upstream,
+                Err(HoldError::ClientGone) => {
+                    self.abandon(&summary, started);
+                    return Relayed::Closed;
+                }
                 Err(e) => {
                     self.reject(client, &e.to_string()).await;
                     self.log(&summary, 503, None, started, 0, 0);
-                    return;
+                    return Relayed::Closed;
                 }
             };
             let addr = target.socket;
             match self.dial(&target).await {
-                Ok(stream) => break stream,
+                Ok(stream) => {
+                    self.metrics.upstream_dials.with_label_values(&["ok"]).inc();
+                    state.mark_connected();
+                    break stream;
+                }
                 Err(Dial::Tcp(e)) => debug!(%addr, error = %e, "hijack: dial failed"),
                 Err(Dial::Tls(e)) if !tls_warned => {
                     tls_warned = true;
@@ -86,48 +115,149 @@ impl HijackRelay {
                 }
                 Err(Dial::Tls(e)) => debug!(%addr, error = %e, "hijack: TLS handshake failed"),
             }
+            self.metrics
+                .upstream_dials
+                .with_label_values(&["failed"])
+                .inc();
             state.mark_failed();
             self.metrics.retries.with_label_values(&["connect"]).inc();
         };
-        let upstream_addr = state.upstream();
-        // The flush pushes out what TLS may still hold (a no-op on plain TCP).
-        let written = match upstream.write_all(&head).await {
-            Ok(()) => upstream.flush().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            // Nothing can be known about whether the leader saw the request: never resend.
-            self.reject_with(
-                client,
-                502,
-                &format!("the Swarm primary closed the connection (leader-proxy): {e}"),
-            )
-            .await;
-            self.log(&summary, 502, upstream_addr, started, 0, 0);
-            return;
+        // The client may have left during the dial.
+        if self.hold.client_left(&mut state) {
+            self.abandon(&summary, started);
+            return Relayed::Closed;
         }
-        let Some(addr) = upstream_addr else {
+        let Some(addr) = state.upstream() else {
             // `next_upstream` returned an address, so the state holds it.
-            return;
+            return Relayed::Closed;
         };
-        let copied = tokio::select! {
-            copied = tokio::io::copy_bidirectional(client, &mut upstream) => copied,
+        // The request's own bytes: the head and a body of known length. A chunked body's end
+        // is not looked for: all goes, and the connection can only be relayed to its end.
+        let (request, body_left, rest) = match framing {
+            exchange::Framing::Length(n) => {
+                let end = head_len as u64 + n;
+                match usize::try_from(end).ok().filter(|end| *end <= head.len()) {
+                    Some(end) => {
+                        let rest = head.split_off(end);
+                        (head, 0, Some(rest))
+                    }
+                    None => {
+                        let left = end - head.len() as u64;
+                        (head, left, Some(BytesMut::new()))
+                    }
+                }
+            }
+            _ => (head, 0, None),
+        };
+        let exchanged = tokio::select! {
+            exchanged = self.exchange(client, &mut upstream, request, body_left, rest, head_request) => exchanged,
             reason = self.drain.must_end(addr) => {
                 info!(reason = reason.as_str(), request = %summary, upstream = %addr,
                     "ending a hijacked connection to the old leader");
                 // Both sockets close: dropping `upstream`, and the client's here.
                 let _ = client.shutdown().await;
-                Err(std::io::Error::other(reason.as_str()))
+                Exchanged::ended(101)
             }
         };
-        let (up, down) = match copied {
-            Ok(counts) => counts,
+        if let Some((code, message)) = &exchanged.reject {
+            self.reject_with(client, *code, message).await;
+        }
+        let (status, up, down) = exchanged.logged;
+        self.log(&summary, status, Some(addr), started, up, down);
+        exchanged.next
+    }
+
+    /// Sends the request to the leader and relays its answer (see [`Self::relay`]).
+    /// `rest`: what the client sent after the request, `None` when that is not known.
+    async fn exchange<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        request: BytesMut,
+        body_left: u64,
+        rest: Option<BytesMut>,
+        head_request: bool,
+    ) -> Exchanged
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The flush pushes out what TLS may still hold (a no-op on plain TCP).
+        let mut written = upstream.write_all(&request).await;
+        if written.is_ok() && body_left > 0 {
+            written = copy_exactly(client, upstream, body_left).await;
+        }
+        if written.is_ok() {
+            written = upstream.flush().await;
+        }
+        if let Err(e) = written {
+            // Nothing can be known about whether the leader saw the request: never resend.
+            return Exchanged::rejected(
+                502,
+                format!("the Swarm primary closed the connection (leader-proxy): {e}"),
+            );
+        }
+        let Some(rest) = rest else {
+            return Exchanged::tunnel(copy_both_ways(client, upstream).await);
+        };
+        let mut pending = BytesMut::new();
+        let response = loop {
+            let response = match exchange::read_response_head(upstream, pending, head_request).await
+            {
+                Ok(response) => response,
+                Err(e) => {
+                    return Exchanged::rejected(
+                        502,
+                        format!("the Swarm primary failed while answering (leader-proxy): {e}"),
+                    )
+                }
+            };
+            // An interim answer (100 Continue) goes on to the client; the real one follows.
+            if (100..200).contains(&response.status) && response.status != 101 {
+                if client.write_all(&response.bytes).await.is_err() {
+                    return Exchanged::ended(0);
+                }
+                pending = response.extra;
+                continue;
+            }
+            break response;
+        };
+        let mut down = response.bytes.len() as u64;
+        if response.status == 101 {
+            let started = async {
+                client.write_all(&response.bytes).await?;
+                client.write_all(&response.extra).await?;
+                client.flush().await?;
+                upstream.write_all(&rest).await?;
+                upstream.flush().await
+            };
+            if started.await.is_err() {
+                return Exchanged::ended(101);
+            }
+            let (up, copied) = copy_both_ways(client, upstream).await;
+            let down = down + response.extra.len() as u64 + copied;
+            return Exchanged::tunnel((rest.len() as u64 + up, down));
+        }
+        let status = response.status;
+        if client.write_all(&response.bytes).await.is_err() {
+            return Exchanged::ended(status);
+        }
+        match exchange::relay_body(response.extra, upstream, client, response.framing).await {
+            Ok(body) => down += body,
             Err(e) => {
-                debug!(error = %e, "hijacked connection ended with an error");
-                (0, 0)
+                debug!(error = %e, "relaying the answer to an upgrade request failed");
+                return Exchanged::ended(status);
             }
-        };
-        self.log(&summary, 101, upstream_addr, started, up, down);
+        }
+        if response.closes {
+            let _ = client.shutdown().await;
+            return Exchanged::ended(status).with_bytes(0, down);
+        }
+        Exchanged {
+            logged: (status, 0, down),
+            reject: None,
+            next: Relayed::Http(rest),
+        }
     }
 
     /// Dials the leader at `addr` within `--connect-timeout`, and with
@@ -169,6 +299,12 @@ impl HijackRelay {
         let _ = client.shutdown().await;
     }
 
+    /// A held request whose client left: dropped, never sent (counted by the hold).
+    fn abandon(&self, summary: &str, started: Instant) {
+        info!(request = %summary, "dropping a held request: its client is gone");
+        self.log(summary, 0, None, started, 0, 0);
+    }
+
     fn log(
         &self,
         request: &str,
@@ -190,9 +326,90 @@ impl HijackRelay {
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_up,
             bytes_down,
-            "hijacked request"
+            "{}",
+            if status == 101 || status == 0 {
+                "hijacked request"
+            } else {
+                "upgrade request answered without 101"
+            }
         );
     }
+}
+
+/// How a relayed `Upgrade` request ended, for the front.
+pub enum Relayed {
+    /// The connection is over.
+    Closed,
+    /// The leader answered without `101` and the answer was relayed whole: the connection
+    /// goes on as HTTP, with these bytes (what the client sent after the request) first.
+    Http(BytesMut),
+}
+
+/// What [`HijackRelay::exchange`] did: what to log, an error to answer, what comes next.
+struct Exchanged {
+    /// Status, bytes to the leader, bytes to the client.
+    logged: (u16, u64, u64),
+    reject: Option<(u16, String)>,
+    next: Relayed,
+}
+
+impl Exchanged {
+    /// The connection ends after `status` (0: nothing was answered).
+    fn ended(status: u16) -> Self {
+        Self {
+            logged: (status, 0, 0),
+            reject: None,
+            next: Relayed::Closed,
+        }
+    }
+
+    fn with_bytes(mut self, up: u64, down: u64) -> Self {
+        self.logged.1 = up;
+        self.logged.2 = down;
+        self
+    }
+
+    fn rejected(code: u16, message: String) -> Self {
+        Self {
+            logged: (code, 0, 0),
+            reject: Some((code, message)),
+            next: Relayed::Closed,
+        }
+    }
+
+    /// An upgraded connection relayed to its end, with the bytes copied each way.
+    fn tunnel((up, down): (u64, u64)) -> Self {
+        Self::ended(101).with_bytes(up, down)
+    }
+}
+
+/// Copies bytes both ways until both directions ended or a socket broke: the bytes copied
+/// to the leader and to the client (0 after an error).
+async fn copy_both_ways<C, U>(client: &mut C, upstream: &mut U) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::io::copy_bidirectional(client, upstream).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            debug!(error = %e, "hijacked connection ended with an error");
+            (0, 0)
+        }
+    }
+}
+
+/// Copies exactly `n` bytes (the rest of a request body) from the client to the leader.
+async fn copy_exactly<C, U>(client: &mut C, upstream: &mut U, n: u64) -> std::io::Result<()>
+where
+    C: AsyncRead + Unpin,
+    U: AsyncWrite + Unpin,
+{
+    let copied = tokio::io::copy(&mut (&mut *client).take(n), upstream).await?;
+    if copied < n {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 /// Why a dial to the leader failed.

@@ -22,7 +22,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
 use super::docker_error_body;
-use super::hold::{Hold, HoldState};
+use super::hold::{Client, Hold, HoldError, HoldState};
 use crate::metrics::Metrics;
 use crate::tls::UpstreamTls;
 
@@ -57,6 +57,8 @@ pub struct RequestCtx {
     written_retry_used: bool,
     /// Set by a hold that ended without an upstream: the message for the 503.
     hold_error: Option<String>,
+    /// The client left while the request was held: it was dropped, nothing is answered.
+    abandoned: bool,
     /// A failed TLS handshake with the leader was warned about (once per request).
     tls_warned: bool,
     /// `swarm://`: the leader answered this (idempotent) request 503; it is held and sent
@@ -84,6 +86,25 @@ impl DockerApi {
     }
 }
 
+impl DockerApi {
+    /// A held request whose client left: logged once, dropped (the error is not retried
+    /// and answers nothing).
+    fn abandon(&self, session: &Session, ctx: &mut RequestCtx) -> Box<Error> {
+        ctx.abandoned = true;
+        let req = session.req_header();
+        info!(
+            method = %req.method,
+            path = %super::redact::uri(req.uri.path_and_query().map_or("/", |pq| pq.as_str())),
+            "dropping a held request: its client is gone"
+        );
+        Error::explain(
+            ErrorType::ConnectionClosed,
+            HoldError::ClientGone.to_string(),
+        )
+        .into_down()
+    }
+}
+
 /// The methods docs/failover.md#retries calls idempotent: only these are ever sent twice
 /// after being written (PUT and DELETE are idempotent in HTTP but not in what Docker does
 /// with them).
@@ -101,6 +122,7 @@ impl ProxyHttp for DockerApi {
             hold: self.hold.start(),
             written_retry_used: false,
             hold_error: None,
+            abandoned: false,
             tls_warned: false,
             no_leader: None,
             upstream_fd: None,
@@ -109,11 +131,18 @@ impl ProxyHttp for DockerApi {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let upstream = match self.hold.next_upstream(&mut ctx.hold).await {
+        // Requests carrying `Upgrade` go to the hijack relay: a client that closes its side
+        // here is gone.
+        let client = session.downstream_session.stream().map(|stream| Client {
+            fd: stream.id(),
+            upgrade: false,
+        });
+        let upstream = match self.hold.next_upstream(&mut ctx.hold, client).await {
             Ok(upstream) => upstream,
+            Err(HoldError::ClientGone) => return Err(self.abandon(session, ctx)),
             Err(e) => {
                 let message = match ctx.no_leader {
                     Some(addr) => format!(
@@ -146,19 +175,6 @@ impl ProxyHttp for DockerApi {
         Ok(Box::new(peer))
     }
 
-    async fn connected_to_upstream(
-        &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora_core::protocols::Digest>,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        ctx.upstream_fd = Some(fd);
-        Ok(())
-    }
-
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -174,9 +190,36 @@ impl ProxyHttp for DockerApi {
                  --hold-timeout");
         }
         ctx.hold.mark_failed();
+        self.metrics
+            .upstream_dials
+            .with_label_values(&["failed"])
+            .inc();
         self.metrics.retries.with_label_values(&["connect"]).inc();
         e.set_retry(true);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        if !reused {
+            self.metrics.upstream_dials.with_label_values(&["ok"]).inc();
+        }
+        // A pooled connection counts too: the leader served it, and if it is dead after all
+        // the request fails and marks the leader again.
+        ctx.hold.mark_connected();
+        // The client may have left during the dial: the request is not written.
+        if self.hold.client_left(&mut ctx.hold) {
+            return Err(self.abandon(session, ctx));
+        }
+        Ok(())
     }
 
     /// Docker swarm mode: during an election, and while a new leader settles, the leader
@@ -298,8 +341,9 @@ impl ProxyHttp for DockerApi {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
-        // A hold that timed out is answered with 503 and logged by `logging`.
-        ctx.hold_error.is_some()
+        // A hold that timed out is answered with 503 and logged by `logging`; a request
+        // dropped because its client left is logged once, when it is dropped.
+        ctx.hold_error.is_some() || ctx.abandoned
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -4,7 +4,9 @@
 //! [`hijack`] relay. In `--mode tcp` the [`tcp::L4Proxy`] relays connections instead. All of
 //! them ask [`hold::Hold`] for the upstream, so they wait and retry the same way.
 
+pub mod client_watch;
 pub mod drain;
+pub mod exchange;
 /// The request-head reader, in the `leader-proxy-parsers` crate (crates/parsers) so that
 /// its fuzz target builds without pingora.
 pub use leader_proxy_parsers::head;

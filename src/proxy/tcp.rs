@@ -102,7 +102,10 @@ impl L4Proxy {
         let started = Instant::now();
         let mut state = self.hold.start();
         let (mut upstream, addr) = loop {
-            let addr = match self.hold.next_upstream(&mut state).await {
+            // Bytes, not requests: a half-closed client may still be reading (as an
+            // attach's does), and a reset one left nothing to send, so a held connection is
+            // not watched.
+            let addr = match self.hold.next_upstream(&mut state, None).await {
                 Ok(upstream) => upstream.socket,
                 Err(e) => {
                     self.refused.inc();
@@ -113,10 +116,18 @@ impl L4Proxy {
                 }
             };
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => break (stream, addr),
+                Ok(Ok(stream)) => {
+                    self.metrics.upstream_dials.with_label_values(&["ok"]).inc();
+                    state.mark_connected();
+                    break (stream, addr);
+                }
                 Ok(Err(e)) => debug!(%addr, error = %e, "l4: dial failed"),
                 Err(_) => debug!(%addr, "l4: dial timed out"),
             }
+            self.metrics
+                .upstream_dials
+                .with_label_values(&["failed"])
+                .inc();
             state.mark_failed();
             self.metrics.retries.with_label_values(&["connect"]).inc();
         };

@@ -856,6 +856,12 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
         return manual_set(conn, st, &head).await;
     }
     if let Some(proto) = head.wants_upgrade() {
+        if let Some(id) = missing_container(&path) {
+            // As dockerd answers an attach to a container it does not have: no upgrade.
+            conn.read_body(&head, |_| {}).await?;
+            let message = format!("No such container: {id}");
+            return send_json(conn, st, &head, 404, json!({"message": message})).await;
+        }
         return hijack(conn, st, head, &proto).await;
     }
     if method == "POST" && path == "/echo" {
@@ -927,6 +933,13 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
         ("POST" | "PUT" | "PATCH" | "DELETE", _) => write(conn, st, &head).await,
         _ => send_json(conn, st, &head, 404, json!({"message": "page not found"})).await,
     }
+}
+
+/// The container of `/containers/ID/…` when ID names none: the ones whose name starts
+/// with `nonexistent` (every other container exists, as far as this simulator says).
+fn missing_container(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/containers/")?.split('/').next()?;
+    id.starts_with("nonexistent").then_some(id)
 }
 
 /// A write: logged (one line) before the answer. With `?sleep_ms=N` the answer comes N ms

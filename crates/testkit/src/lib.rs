@@ -8,6 +8,7 @@
 //! once per test binary.
 
 pub mod bins;
+pub mod blackhole;
 pub mod certs;
 pub mod conformance;
 pub mod consul_double;

@@ -11,7 +11,8 @@
 //!   `GET /stream?count=N&interval_ms=M` (chunked, one line per interval; `count=0` never
 //!   ends), `POST /echo` (`{"bytes","sha256"}` of the streamed body), any request with
 //!   `Connection: Upgrade` + `Upgrade: tcp` (101, read to the client's EOF, then one line
-//!   `served_by=NAME role=ROLE bytes=N sha256=HEX`; `?echo=1` also echoes bytes as they come),
+//!   `served_by=NAME role=ROLE bytes=N sha256=HEX`; `?echo=1` also echoes bytes as they come;
+//!   for `/containers/nonexistent…/…` instead a `404` "No such container", as dockerd answers),
 //!   `POST /hijack` without those headers (200, "no upgrade requested"),
 //!   `/fault/drop-after-request`, `/fault/drop-after-first-byte` (any method), and every
 //!   other POST/PUT/PATCH/DELETE = a write (201 for POST, 200 otherwise, `{"Id": <request id>}`;
