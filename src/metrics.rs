@@ -41,6 +41,10 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// SIGHUP reloads of the certificates, by `result` (`ok`, `error`: the old ones kept).
     pub reloads: IntCounterVec,
+    /// Client connections open now, over all client listeners (`--max-connections`).
+    pub client_connections: IntGauge,
+    /// Client connections closed at once because `--max-connections` were open.
+    pub client_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -136,6 +140,16 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let client_connections = IntGauge::new(
+            "leader_proxy_client_connections",
+            "Client connections open now (at most --max-connections)",
+        )
+        .expect("valid metric");
+        let client_connections_refused = IntCounter::new(
+            "leader_proxy_client_connections_refused_total",
+            "Client connections refused because --max-connections were open",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(leader_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(leader.clone()),
@@ -151,6 +165,8 @@ impl Metrics {
             Box::new(l4_bytes.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(reloads.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(client_connections_refused.clone()),
         ] {
             registry
                 .register(collector)
@@ -172,6 +188,8 @@ impl Metrics {
             l4_bytes,
             tls_handshake_failures,
             reloads,
+            client_connections,
+            client_connections_refused,
         }
     }
 

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, info, warn};
 
+use super::client_identity::{log_fields, ClientIdentity};
 use super::drain::Drain;
 use super::hold::Hold;
 use super::write_docker_error;
@@ -55,8 +56,9 @@ impl HijackRelay {
         }
     }
 
-    /// Relays one upgraded request; `head` is everything read from the client so far.
-    pub async fn relay<C>(&self, client: &mut C, head: BytesMut)
+    /// Relays one upgraded request; `head` is everything read from the client so far, and
+    /// `identity` who the client is (for the access log).
+    pub async fn relay<C>(&self, client: &mut C, head: BytesMut, identity: &ClientIdentity)
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -71,7 +73,7 @@ impl HijackRelay {
                 Ok(upstream) => upstream,
                 Err(e) => {
                     self.reject(client, &e.to_string()).await;
-                    self.log(&summary, 503, None, started, 0, 0);
+                    self.log(identity, &summary, 503, None, started, 0, 0);
                     return;
                 }
             };
@@ -103,7 +105,7 @@ impl HijackRelay {
                 &format!("the Swarm primary closed the connection (leader-proxy): {e}"),
             )
             .await;
-            self.log(&summary, 502, upstream_addr, started, 0, 0);
+            self.log(identity, &summary, 502, upstream_addr, started, 0, 0);
             return;
         }
         let Some(addr) = upstream_addr else {
@@ -127,7 +129,7 @@ impl HijackRelay {
                 (0, 0)
             }
         };
-        self.log(&summary, 101, upstream_addr, started, up, down);
+        self.log(identity, &summary, 101, upstream_addr, started, up, down);
     }
 
     /// Dials the leader at `addr` within `--connect-timeout`, and with
@@ -169,8 +171,10 @@ impl HijackRelay {
         let _ = client.shutdown().await;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
+        identity: &ClientIdentity,
         request: &str,
         status: u16,
         upstream: Option<std::net::SocketAddr>,
@@ -182,11 +186,15 @@ impl HijackRelay {
             .requests
             .with_label_values(&[super::http::status_label(status)])
             .inc();
+        let (client, via, cert) = log_fields(Some(identity));
         info!(
             target: "access",
+            client = %client,
+            via = %via,
+            cert = %cert,
             request,
             status,
-            upstream = %super::http::OrDash(upstream),
+            upstream = %super::OrDash(upstream),
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_up,
             bytes_down,

@@ -21,8 +21,9 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
-use super::docker_error_body;
+use super::client_identity::{self, ClientIdentity};
 use super::hold::{Hold, HoldState};
+use super::{docker_error_body, OrDash};
 use crate::metrics::Metrics;
 use crate::tls::UpstreamTls;
 
@@ -62,6 +63,8 @@ pub struct RequestCtx {
     /// `swarm://`: the leader answered this (idempotent) request 503; it is held and sent
     /// again, and a hold that ends says so.
     no_leader: Option<std::net::SocketAddr>,
+    /// Who sent the request (the front's [`client_identity::scope`]), for the access log.
+    client: Option<Arc<ClientIdentity>>,
 }
 
 impl DockerApi {
@@ -101,6 +104,7 @@ impl ProxyHttp for DockerApi {
             hold_error: None,
             tls_warned: false,
             no_leader: None,
+            client: client_identity::current(),
         }
     }
 
@@ -288,8 +292,12 @@ impl ProxyHttp for DockerApi {
             .with_label_values(&[status_label(status)])
             .inc();
         let req = session.req_header();
+        let (client, via, cert) = client_identity::log_fields(ctx.client.as_deref());
         info!(
             target: "access",
+            client = %client,
+            via = %via,
+            cert = %cert,
             method = %req.method,
             // Origin-form, as Docker clients send it: no copy of the URI per request.
             path = %super::redact::uri(req.uri.path_and_query().map_or("/", |pq| pq.as_str())),
@@ -299,18 +307,6 @@ impl ProxyHttp for DockerApi {
             error = %OrDash(e),
             "request"
         );
-    }
-}
-
-/// Shows `-` for nothing, so an access-log field needs no allocation to say "none".
-pub struct OrDash<T>(pub Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(value) => value.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 

@@ -2,9 +2,12 @@
 //! serves them ([`Service`]: the [`Front`], over TLS on TCP listeners when configured, or the
 //! [`L4Proxy`] in `--mode tcp`), and the graceful stop (stop accepting, let what runs finish).
 //!
-//! The TLS handshake of a client runs in the connection's own task, never in the accept
-//! loop, bounded by [`TLS_HANDSHAKE_TIMEOUT`]: a client that connects and says nothing
-//! holds only its own socket.
+//! Each connection is checked against `--max-connections` ([`ConnectionCap`]) when it is
+//! accepted, and given its [`ClientIdentity`], which goes with it to the front or the L4
+//! relay for the access log. The PROXY header of a trusted balancer
+//! ([`TrustedProxies`]) and the TLS handshake of a client run in the connection's own task,
+//! never in the accept loop, each bounded by a timeout: a client that connects and says
+//! nothing holds only its own socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,11 +18,15 @@ use std::time::Duration;
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::cap::{refuse_http, ConnectionCap};
+use super::client_identity::ClientIdentity;
 use super::front::Front;
+use super::proxy_protocol::TrustedProxies;
 use super::tcp::L4Proxy;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
@@ -40,17 +47,41 @@ pub enum Service {
     Tcp(Arc<L4Proxy>),
 }
 
+/// What every client listener shares: the service, the `--max-connections` cap over all of
+/// them, the sources whose PROXY headers are honoured, and the tracker of connection tasks
+/// (shutdown waits for them).
+#[derive(Clone)]
+pub struct Clients {
+    pub service: Service,
+    pub cap: Arc<ConnectionCap>,
+    pub proxies: Arc<TrustedProxies>,
+    pub connections: TaskTracker,
+}
+
 impl Service {
-    async fn serve_tcp(self, tcp: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+    async fn serve_tcp(
+        self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        proxies: Arc<TrustedProxies>,
+        shutdown: ShutdownWatch,
+    ) {
         // Every client socket, in both modes: no Nagle delay, and keepalive probes, so a
         // client whose host vanished during a silent `attach` or `events` (a laptop gone
         // to sleep) does not hold its sockets, and the upstream's, forever.
         super::tcp::tune(&tcp);
+        let client = match proxies.identify(&mut tcp, peer).await {
+            Ok(client) => client,
+            Err(e) => {
+                info!(target: "access", %peer, error = %e, "connection closed: PROXY protocol");
+                return;
+            }
+        };
         match self {
             Service::Http {
                 front, tls: None, ..
             } => {
-                front.serve(L4Stream::from(tcp), shutdown).await;
+                front.serve(L4Stream::from(tcp), client, shutdown).await;
             }
             Service::Http {
                 front,
@@ -59,25 +90,70 @@ impl Service {
             } => {
                 let handshake = crate::tls::accept(tls.acceptor(), tcp);
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(conn)) => front.serve(conn, shutdown).await,
+                    Ok(Ok(conn)) => {
+                        // Without --tlsverify no certificate is asked for, so none is shown.
+                        let subject = tls
+                            .verifies_clients()
+                            .then(|| conn.peer_subject())
+                            .flatten();
+                        front
+                            .serve(conn, client.with_tls_subject(subject), shutdown)
+                            .await
+                    }
                     Ok(Err(e)) => {
                         metrics.tls_handshake_failures.inc();
-                        info!(%peer, error = %e, "client TLS handshake failed");
+                        info!(client = %client.peer, error = %e, "client TLS handshake failed");
                     }
                     Err(_) => {
                         metrics.tls_handshake_failures.inc();
-                        info!(%peer, "client TLS handshake timed out");
+                        info!(client = %client.peer, "client TLS handshake timed out");
                     }
                 }
             }
-            Service::Tcp(l4) => l4.serve(tcp, &peer).await,
+            Service::Tcp(l4) => l4.serve(tcp, &client).await,
         }
     }
 
     async fn serve_unix(self, unix: UnixStream, shutdown: ShutdownWatch) {
+        let client = ClientIdentity::unix(&unix);
         match self {
-            Service::Http { front, .. } => front.serve(L4Stream::from(unix), shutdown).await,
-            Service::Tcp(l4) => l4.serve(unix, &"unix socket").await,
+            Service::Http { front, .. } => {
+                front.serve(L4Stream::from(unix), client, shutdown).await
+            }
+            Service::Tcp(l4) => l4.serve(unix, &client).await,
+        }
+    }
+
+    /// Whether a client refused by the cap can be answered: only plain HTTP (TLS would take
+    /// a handshake, and L4 has no protocol to answer in).
+    fn answers_refusals(&self, tls_applies: bool) -> bool {
+        match self {
+            Service::Http { tls, .. } => !(tls_applies && tls.is_some()),
+            Service::Tcp(_) => false,
+        }
+    }
+}
+
+impl Clients {
+    /// Hands a connection the cap admits to `serve`; answers or closes one it refuses.
+    fn spawn<C, F>(&self, conn: C, tls_applies: bool, serve: impl FnOnce(C) -> F)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.cap.admit() {
+            Some(admitted) => {
+                let serving = serve(conn);
+                self.connections.spawn(async move {
+                    serving.await;
+                    drop(admitted);
+                });
+            }
+            None if self.service.answers_refusals(tls_applies) => {
+                self.connections.spawn(refuse_http(conn, self.cap.max()));
+            }
+            // Accepted and closed at once.
+            None => drop(conn),
         }
     }
 }
@@ -227,13 +303,8 @@ pub fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Accepts connections until `shutdown` turns true; each connection runs as a task in
-/// `connections`, so shutdown can wait for them.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    service: Service,
-    connections: TaskTracker,
-    mut shutdown: ShutdownWatch,
-) {
+/// `clients.connections`, so shutdown can wait for them.
+pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: ShutdownWatch) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -241,9 +312,12 @@ pub async fn serve_tcp(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let service = service.clone();
+                let service = clients.service.clone();
+                let proxies = clients.proxies.clone();
                 let shutdown = shutdown.clone();
-                connections.spawn(service.serve_tcp(tcp, peer, shutdown));
+                clients.spawn(tcp, true, move |tcp| {
+                    service.serve_tcp(tcp, peer, proxies, shutdown)
+                });
             }
             Err(e) => accept_failed(e).await,
         }
@@ -251,12 +325,7 @@ pub async fn serve_tcp(
 }
 
 /// [`serve_tcp`] for a unix listener. The socket file is removed when this returns.
-pub async fn serve_unix(
-    socket: UnixSocket,
-    service: Service,
-    connections: TaskTracker,
-    mut shutdown: ShutdownWatch,
-) {
+pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: ShutdownWatch) {
     let UnixSocket { listener, file } = socket;
     loop {
         let accepted = tokio::select! {
@@ -265,9 +334,9 @@ pub async fn serve_unix(
         };
         match accepted {
             Ok((unix, _peer)) => {
-                let service = service.clone();
+                let service = clients.service.clone();
                 let shutdown = shutdown.clone();
-                connections.spawn(service.serve_unix(unix, shutdown));
+                clients.spawn(unix, false, move |unix| service.serve_unix(unix, shutdown));
             }
             Err(e) => accept_failed(e).await,
         }

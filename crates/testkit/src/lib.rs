@@ -17,6 +17,7 @@ pub mod etcd_proxy;
 pub mod http;
 pub mod manager_conformance;
 pub mod manual_managers;
+pub mod open_files;
 pub mod programs;
 pub mod proxy;
 pub mod server_process;
