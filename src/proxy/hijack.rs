@@ -73,7 +73,7 @@ impl HijackRelay {
                 Ok(upstream) => upstream,
                 Err(e) => {
                     self.reject(client, &e.to_string()).await;
-                    self.log(identity, &summary, 503, None, started, 0, 0);
+                    self.log(identity, &summary, 503, None, started, (0, 0));
                     return;
                 }
             };
@@ -105,7 +105,7 @@ impl HijackRelay {
                 &format!("the Swarm primary closed the connection (leader-proxy): {e}"),
             )
             .await;
-            self.log(identity, &summary, 502, upstream_addr, started, 0, 0);
+            self.log(identity, &summary, 502, upstream_addr, started, (0, 0));
             return;
         }
         let Some(addr) = upstream_addr else {
@@ -129,7 +129,7 @@ impl HijackRelay {
                 (0, 0)
             }
         };
-        self.log(identity, &summary, 101, upstream_addr, started, up, down);
+        self.log(identity, &summary, 101, upstream_addr, started, (up, down));
     }
 
     /// Dials the leader at `addr` within `--connect-timeout`, and with
@@ -171,7 +171,6 @@ impl HijackRelay {
         let _ = client.shutdown().await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
         identity: &ClientIdentity,
@@ -179,8 +178,7 @@ impl HijackRelay {
         status: u16,
         upstream: Option<std::net::SocketAddr>,
         started: Instant,
-        bytes_up: u64,
-        bytes_down: u64,
+        (bytes_up, bytes_down): (u64, u64),
     ) {
         self.metrics
             .requests

@@ -87,6 +87,9 @@ impl Proxy {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((true, a)) => admin = Some(a.parse().expect("admin addr")),
+                // A unix listener given in `args`: bound before the admin listener, which
+                // is awaited anyway.
+                Ok((false, a)) if a.starts_with("unix://") => {}
                 Ok((false, a)) => addr = Some(a.parse().expect("listen addr")),
                 Err(_) => {
                     let _ = child.kill();
