@@ -94,6 +94,10 @@ fn under_a_soft_limit_of_1024_a_flood_of_idle_clients_leaves_the_proxy_serving()
     let mut idle: Vec<TcpStream> = (0..1100).map(|_| connect(proxy.addr())).collect();
     proxy.wait_for_metric(OPEN, 1000.0, WAIT, "1000 open client connections");
     proxy.wait_for_metric(REFUSED, 101.0, WAIT, "101 refused client connections");
+    proxy.wait_for_log(
+        "--max-connections reached (1000 client connections open)",
+        WAIT,
+    );
 
     // Beyond the cap: a quick 503 the docker CLI prints.
     let refused = testkit::http::get(proxy.addr(), "/_ping").expect("an answer beyond the cap");
@@ -118,6 +122,7 @@ fn under_a_soft_limit_of_1024_a_flood_of_idle_clients_leaves_the_proxy_serving()
     wait_for_open_at_most(&proxy, 990.0);
     let mut fresh = connect(proxy.addr());
     assert_eq!(ping(&mut fresh), (200, "m2".to_string()));
+    proxy.wait_for_log("below --max-connections again", WAIT);
     drop(idle);
 }
 

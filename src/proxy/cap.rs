@@ -8,12 +8,14 @@
 //! Metrics: `leader_proxy_client_connections` (open now) and
 //! `leader_proxy_client_connections_refused_total`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 
@@ -23,6 +25,9 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 pub struct ConnectionCap {
     max: usize,
+    /// Set while new clients are being refused: the log says so once per episode, not once
+    /// per refused client (a flood would flood the log too).
+    full: AtomicBool,
     open: Arc<Semaphore>,
     gauge: IntGauge,
     refused: IntCounter,
@@ -44,6 +49,7 @@ impl ConnectionCap {
     pub fn new(max: usize, metrics: &Metrics) -> Self {
         Self {
             max,
+            full: AtomicBool::new(false),
             open: Arc::new(Semaphore::new(max)),
             gauge: metrics.client_connections.clone(),
             refused: metrics.client_connections_refused.clone(),
@@ -54,6 +60,10 @@ impl ConnectionCap {
     pub fn admit(&self) -> Option<Admitted> {
         match self.open.clone().try_acquire_owned() {
             Ok(permit) => {
+                // A load first: no write to the shared flag per connection in normal times.
+                if self.full.load(Ordering::Relaxed) && self.full.swap(false, Ordering::Relaxed) {
+                    info!("below --max-connections again: accepting new clients");
+                }
                 self.gauge.inc();
                 Some(Admitted {
                     _permit: permit,
@@ -61,6 +71,13 @@ impl ConnectionCap {
                 })
             }
             Err(_) => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "--max-connections reached ({} client connections open): refusing \
+                         new clients until some close",
+                        self.max
+                    );
+                }
                 self.refused.inc();
                 None
             }
