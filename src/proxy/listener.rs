@@ -73,7 +73,8 @@ impl Service {
         let client = match proxies.identify(&mut tcp, peer).await {
             Ok(client) => client,
             Err(e) => {
-                info!(target: "access", %peer, error = %e, "connection closed: PROXY protocol");
+                info!(target: "access", client = %peer, error = %e,
+                    "connection closed: PROXY protocol");
                 return;
             }
         };
