@@ -166,3 +166,40 @@ fn l4_clients_beyond_the_cap_are_accepted_and_closed() {
     // The relayed ones go on.
     assert_eq!(ping(&mut relayed[0]), (200, "m1".to_string()));
 }
+
+/// On a TLS listener the client beyond the cap gets its 503 over TLS, which the docker CLI
+/// can show, not a closed connection.
+#[test]
+fn a_tls_client_beyond_the_cap_gets_the_503_over_tls() {
+    let certs = testkit::certs::Certs::new("cap-ca");
+    let (ca, cert, key) = (
+        certs.ca.display().to_string(),
+        certs.server_cert.display().to_string(),
+        certs.server_key.display().to_string(),
+    );
+    let (_etcd, _dir, _manager, proxy) = testkit::etcd_proxy::proxy_with_leader(&[
+        "--max-connections",
+        "1",
+        "--tlscert",
+        &cert,
+        "--tlskey",
+        &key,
+        "--tlscacert",
+        &ca,
+        "--tlsverify",
+    ]);
+    let client = Some((certs.client_cert.as_path(), certs.client_key.as_path()));
+    let mut first = testkit::tls::connect(proxy.addr(), "127.0.0.1", &certs.ca, client)
+        .expect("the first TLS client");
+    let (head, _) = testkit::tls::get(&mut first, "/_ping").expect("a ping");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let mut second = testkit::tls::connect(proxy.addr(), "127.0.0.1", &certs.ca, client)
+        .expect("the handshake beyond the cap");
+    let (head, body) = testkit::tls::get(&mut second, "/_ping").expect("an answer over TLS");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(body.contains("--max-connections"), "{body}");
+
+    let (head, _) = testkit::tls::get(&mut first, "/_ping").expect("the first client again");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

@@ -117,8 +117,8 @@ pub struct Cli {
     pub mode: Option<String>,
 
     /// Client connections served at once, over all listeners; beyond it a new client gets
-    /// 503 (--mode http) or is closed (--mode tcp, TLS listeners). [default: (the open-files
-    /// limit - 256) / 2]
+    /// 503 (--mode http) or is closed (--mode tcp). [default: (the open-files limit - 256) /
+    /// 2]
     #[arg(
         long,
         value_name = "N",

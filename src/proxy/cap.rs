@@ -1,8 +1,8 @@
 //! `--max-connections`: how many client connections are served at once, over all client
 //! listeners. Beyond it a new client is answered at once and closed ([`refuse_http`] in
-//! `--mode http`; in `--mode tcp`, and on TLS listeners, closed without a byte, since an
-//! answer would take a handshake), so the file descriptors the store, the managers and the
-//! admin API need stay free (see [`crate::limits`]). Established connections are not
+//! `--mode http`, over TLS on a TLS listener; in `--mode tcp`, which has no protocol to
+//! answer in, closed without a byte), so the file descriptors the store, the managers and
+//! the admin API need stay free (see [`crate::limits`]). Established connections are not
 //! touched.
 //!
 //! Metrics: `leader_proxy_client_connections` (open now) and

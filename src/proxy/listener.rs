@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -33,6 +32,10 @@ use crate::tls::ServerTls;
 
 /// How long a client has to complete its TLS handshake (a Docker client needs milliseconds).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The same for a client refused by `--max-connections`, whose handshake is made only to
+/// tell it so: a slow one is not worth a socket for long.
+const REFUSAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What serves the connections of a listener.
 #[derive(Clone)]
@@ -125,36 +128,30 @@ impl Service {
         }
     }
 
-    /// Whether a client refused by the cap can be answered: only plain HTTP (TLS would take
-    /// a handshake, and L4 has no protocol to answer in).
-    fn answers_refusals(&self, tls_applies: bool) -> bool {
+    /// Answers a TCP client the cap refused, in the protocol of the listener: a 503 in
+    /// `--mode http` (over TLS on a TLS listener, the handshake bounded by
+    /// [`REFUSAL_HANDSHAKE_TIMEOUT`]); in `--mode tcp`, where there is no protocol to answer
+    /// in, the connection is closed at once.
+    async fn refuse_tcp(self, tcp: TcpStream, max: usize) {
         match self {
-            Service::Http { tls, .. } => !(tls_applies && tls.is_some()),
-            Service::Tcp(_) => false,
+            Service::Http { tls: None, .. } => refuse_http(tcp, max).await,
+            Service::Http { tls: Some(tls), .. } => {
+                let handshake = crate::tls::accept(tls.acceptor(), tcp);
+                if let Ok(Ok(conn)) =
+                    tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, handshake).await
+                {
+                    refuse_http(conn, max).await;
+                }
+            }
+            Service::Tcp(_) => drop(tcp),
         }
     }
-}
 
-impl Clients {
-    /// Hands a connection the cap admits to `serve`; answers or closes one it refuses.
-    fn spawn<C, F>(&self, conn: C, tls_applies: bool, serve: impl FnOnce(C) -> F)
-    where
-        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        match self.cap.admit() {
-            Some(admitted) => {
-                let serving = serve(conn);
-                self.connections.spawn(async move {
-                    serving.await;
-                    drop(admitted);
-                });
-            }
-            None if self.service.answers_refusals(tls_applies) => {
-                self.connections.spawn(refuse_http(conn, self.cap.max()));
-            }
-            // Accepted and closed at once.
-            None => drop(conn),
+    /// [`Self::refuse_tcp`] for a unix client (never TLS).
+    async fn refuse_unix(self, unix: UnixStream, max: usize) {
+        match self {
+            Service::Http { .. } => refuse_http(unix, max).await,
+            Service::Tcp(_) => drop(unix),
         }
     }
 }
@@ -314,11 +311,20 @@ pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: Sh
         match accepted {
             Ok((tcp, peer)) => {
                 let service = clients.service.clone();
-                let proxies = clients.proxies.clone();
-                let shutdown = shutdown.clone();
-                clients.spawn(tcp, true, move |tcp| {
-                    service.serve_tcp(tcp, peer, proxies, shutdown)
-                });
+                match clients.cap.admit() {
+                    Some(admitted) => {
+                        let serving =
+                            service.serve_tcp(tcp, peer, clients.proxies.clone(), shutdown.clone());
+                        clients.connections.spawn(async move {
+                            serving.await;
+                            drop(admitted);
+                        });
+                    }
+                    None => {
+                        let refusing = service.refuse_tcp(tcp, clients.cap.max());
+                        clients.connections.spawn(refusing);
+                    }
+                }
             }
             Err(e) => accept_failed(e).await,
         }
@@ -336,8 +342,19 @@ pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: Shut
         match accepted {
             Ok((unix, _peer)) => {
                 let service = clients.service.clone();
-                let shutdown = shutdown.clone();
-                clients.spawn(unix, false, move |unix| service.serve_unix(unix, shutdown));
+                match clients.cap.admit() {
+                    Some(admitted) => {
+                        let serving = service.serve_unix(unix, shutdown.clone());
+                        clients.connections.spawn(async move {
+                            serving.await;
+                            drop(admitted);
+                        });
+                    }
+                    None => {
+                        let refusing = service.refuse_unix(unix, clients.cap.max());
+                        clients.connections.spawn(refusing);
+                    }
+                }
             }
             Err(e) => accept_failed(e).await,
         }
