@@ -2,7 +2,7 @@
 //! (tests/hostile_fd.rs) and open more client connections than that themselves.
 
 /// The `(soft, hard)` open-files limits of process `pid` (`self` for this one), from
-/// `/proc/PID/limits`: what the kernel enforces, whoever set it.
+/// `/proc/PID/limits`: what the kernel enforces, whoever set it. `unlimited` is `u64::MAX`.
 pub fn limits_of(pid: &str) -> (u64, u64) {
     let path = format!("/proc/{pid}/limits");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
@@ -19,12 +19,13 @@ pub fn limits_of(pid: &str) -> (u64, u64) {
     (soft, hard)
 }
 
-/// Raises this test process's soft limit to its hard one, so that it can hold the
+/// Raises this test process's soft limit to its hard one (at most 65,536, plenty for any
+/// test: an unlimited soft limit is refused by the kernel), so that it can hold the
 /// connections it opens (the test runner may have started it with 1024).
 pub fn raise_own_limit() {
     let (_, hard) = limits_of("self");
     let limit = libc::rlimit {
-        rlim_cur: hard,
+        rlim_cur: hard.min(1 << 16),
         rlim_max: hard,
     };
     // SAFETY: setrlimit only reads `limit`.

@@ -57,7 +57,10 @@ impl Proxy {
     /// this process has it), as systemd or a Docker container starts a service: through
     /// `prlimit`, which runs the proxy in its own process (so [`Self::pid`] is the proxy's).
     pub fn start_with_open_files(soft: u64, args: &[&str]) -> Proxy {
-        let (_, hard) = crate::open_files::limits_of("self");
+        let hard = match crate::open_files::limits_of("self") {
+            (_, u64::MAX) => "unlimited".to_string(),
+            (_, hard) => hard.to_string(),
+        };
         crate::open_files::require_prlimit();
         let mut command = Command::new("prlimit");
         command
