@@ -66,6 +66,27 @@ fn wait_for_open_at_most(proxy: &Proxy, max: f64) {
     }
 }
 
+/// Started with a soft limit of 1024 (and this test's hard limit), the proxy runs with the
+/// hard limit, logs it, and derives its connection cap from it.
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let etcd = Etcd::start();
+    let url = format!("etcd://{}/p", etcd.endpoint());
+    let proxy = Proxy::start_with_open_files(1024, &[&url]);
+    let (_, hard) = testkit::open_files::limits_of("self");
+    assert_eq!(
+        proxy.open_files(),
+        (hard, hard),
+        "the proxy's (soft, hard) open-files limits"
+    );
+    proxy.wait_for_log(
+        &format!("open-files limit raised from 1024 to {hard}"),
+        WAIT,
+    );
+    let cap = (hard - 256) / 2;
+    proxy.wait_for_log(&format!("at most {cap} client connections at once"), WAIT);
+}
+
 #[test]
 fn under_a_soft_limit_of_1024_a_flood_of_idle_clients_leaves_the_proxy_serving() {
     raise_own_limit();
@@ -74,28 +95,22 @@ fn under_a_soft_limit_of_1024_a_flood_of_idle_clients_leaves_the_proxy_serving()
     let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
     etcd.put_v2(KEY, &m1.advertise(), None);
     let url = format!("etcd://{}/p", etcd.endpoint());
-    // 1000 idle clients take more descriptors than a soft limit of 1024 leaves: only a
+    // 1100 idle clients take more descriptors than a soft limit of 1024 allows: only a
     // raised limit holds them all.
-    let proxy = Proxy::start_with_open_files(1024, &["--max-connections", "1000", &url]);
+    let proxy = Proxy::start_with_open_files(1024, &["--max-connections", "1100", &url]);
     proxy.wait_for_leader(WAIT, |l| l["state"] == "leader");
 
-    let (soft, hard) = proxy.open_files();
-    assert_eq!(soft, hard, "the soft open-files limit was not raised");
-    proxy.wait_for_log(
-        &format!("open-files limit raised from 1024 to {hard}"),
-        WAIT,
-    );
-    proxy.wait_for_log("at most 1000 client connections at once", WAIT);
+    proxy.wait_for_log("at most 1100 client connections at once", WAIT);
 
     let mut established = connect(proxy.addr());
     assert_eq!(ping(&mut established), (200, "m1".to_string()));
 
-    // 1100 more: 999 fit under the cap, 101 are refused.
-    let mut idle: Vec<TcpStream> = (0..1100).map(|_| connect(proxy.addr())).collect();
-    proxy.wait_for_metric(OPEN, 1000.0, WAIT, "1000 open client connections");
+    // 1200 more: 1099 fit under the cap, 101 are refused.
+    let mut idle: Vec<TcpStream> = (0..1200).map(|_| connect(proxy.addr())).collect();
+    proxy.wait_for_metric(OPEN, 1100.0, WAIT, "1100 open client connections");
     proxy.wait_for_metric(REFUSED, 101.0, WAIT, "101 refused client connections");
     proxy.wait_for_log(
-        "--max-connections reached (1000 client connections open)",
+        "--max-connections reached (1100 client connections open)",
         WAIT,
     );
 
@@ -119,7 +134,7 @@ fn under_a_soft_limit_of_1024_a_flood_of_idle_clients_leaves_the_proxy_serving()
     // Closing a few makes room for new clients. The first ones connected were accepted
     // first (the refused are the last); 50 leave room even if a few were refused.
     idle.drain(..50);
-    wait_for_open_at_most(&proxy, 990.0);
+    wait_for_open_at_most(&proxy, 1090.0);
     let mut fresh = connect(proxy.addr());
     assert_eq!(ping(&mut fresh), (200, "m2".to_string()));
     proxy.wait_for_log("below --max-connections again", WAIT);
