@@ -50,6 +50,10 @@ pub struct Metrics {
     /// full: brought up to date from `dropped_log_source` when `/metrics` is read.
     dropped_log_lines: IntCounter,
     dropped_log_source: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+    /// Client connections open now, over all client listeners (`--max-connections`).
+    pub client_connections: IntGauge,
+    /// Client connections closed at once because `--max-connections` were open.
+    pub client_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +167,16 @@ impl Metrics {
             "Log lines (access log included) dropped because the log writer fell behind",
         )
         .expect("valid metric");
+        let client_connections = IntGauge::new(
+            "leader_proxy_client_connections",
+            "Client connections open now (at most --max-connections)",
+        )
+        .expect("valid metric");
+        let client_connections_refused = IntCounter::new(
+            "leader_proxy_client_connections_refused_total",
+            "Client connections refused because --max-connections were open",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(leader_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(leader.clone()),
@@ -181,6 +195,8 @@ impl Metrics {
             Box::new(tls_handshake_failures.clone()),
             Box::new(reloads.clone()),
             Box::new(dropped_log_lines.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(client_connections_refused.clone()),
         ] {
             registry
                 .register(collector)
@@ -206,6 +222,8 @@ impl Metrics {
             reloads,
             dropped_log_lines,
             dropped_log_source: None,
+            client_connections,
+            client_connections_refused,
         }
     }
 

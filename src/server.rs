@@ -15,13 +15,16 @@ use tracing::{info, warn};
 use crate::admin::Admin;
 use crate::config::{ConfigError, ListenAddr, Mode, Settings};
 use crate::discovery::{source_for, LeaderSource, SourceError};
+use crate::limits;
 use crate::metrics::Metrics;
+use crate::proxy::cap::ConnectionCap;
 use crate::proxy::drain::Drain;
 use crate::proxy::front::Front;
 use crate::proxy::hijack::HijackRelay;
 use crate::proxy::hold::Hold;
 use crate::proxy::http::DockerApi;
-use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix, Service};
+use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix, Clients, Service};
+use crate::proxy::proxy_protocol::TrustedProxies;
 use crate::proxy::tcp::L4Proxy;
 use crate::router::Router;
 use crate::tls::{ServerTls, UpstreamTls, UPSTREAM_CA};
@@ -97,6 +100,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     // Before anything listens: SIGHUP's default action would end the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
+    let max_connections = max_connections(settings.max_connections);
     let mut metrics = Metrics::new();
     if let Some(read) = hooks.dropped_log_lines {
         metrics.count_dropped_log_lines(read);
@@ -184,6 +188,23 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = TaskTracker::new();
+    let clients = Clients {
+        service,
+        cap: Arc::new(ConnectionCap::new(max_connections, &metrics)),
+        proxies: Arc::new(TrustedProxies::new(settings.proxy_protocol_from.clone())),
+        connections: connections.clone(),
+    };
+    if !clients.proxies.is_empty() {
+        info!(
+            "PROXY protocol required from {} (--proxy-protocol-from)",
+            settings
+                .proxy_protocol_from
+                .iter()
+                .map(|range| range.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     let mut listeners = Vec::new();
     for listen in &settings.listen {
         match listen {
@@ -193,8 +214,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                     .with_context(|| format!("--listen {addr}"))?;
                 listeners.push(tokio::spawn(serve_tcp(
                     listener,
-                    service.clone(),
-                    connections.clone(),
+                    clients.clone(),
                     shutdown_rx.clone(),
                 )));
             }
@@ -205,8 +225,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                     .with_context(|| format!("--listen {listen}"))?;
                 listeners.push(tokio::spawn(serve_unix(
                     socket,
-                    service.clone(),
-                    connections.clone(),
+                    clients.clone(),
                     shutdown_rx.clone(),
                 )));
             }
@@ -243,6 +262,48 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Raises the open-files limit (as Go programs do, see [`crate::limits`]) and returns the
+/// client-connection cap: `--max-connections`, or what the limit leaves. Both are logged.
+fn max_connections(flag: Option<usize>) -> usize {
+    let soft = match limits::raise_open_files() {
+        Ok(files) => {
+            if files.soft > files.before {
+                info!(
+                    "open-files limit raised from {} to {} (the hard limit)",
+                    files.before, files.soft
+                );
+            } else {
+                info!("open-files limit {} (the hard limit)", files.soft);
+            }
+            files.soft
+        }
+        Err(e) => {
+            warn!("{e}; assuming the usual {}", limits::USUAL_SOFT_LIMIT);
+            limits::USUAL_SOFT_LIMIT
+        }
+    };
+    let derived = limits::default_max_connections(soft);
+    match flag {
+        Some(max) => {
+            if max > derived {
+                warn!(
+                    "--max-connections {max} is more than the open-files limit {soft} leaves \
+                     ({derived}); past that, new connections fail to be accepted"
+                );
+            }
+            info!("at most {max} client connections at once (--max-connections)");
+            max
+        }
+        None => {
+            info!(
+                "at most {derived} client connections at once (--max-connections, from the \
+                 open-files limit {soft})"
+            );
+            derived
+        }
+    }
 }
 
 /// What SIGHUP reloads.

@@ -563,6 +563,18 @@ impl<S: Send> Peek for TlsConn<S> {}
 /// A client's TLS connection, as accepted on a TCP listener.
 pub type ClientTlsConn = TlsConn<tokio_rustls::server::TlsStream<TcpStream>>;
 
+impl ClientTlsConn {
+    /// The subject of the certificate the client presented (checked against `--tlscacert`
+    /// under `--tlsverify`), in RFC 4514 form (`CN=alice,O=ops`): who the client is, for the
+    /// access log.
+    pub fn peer_subject(&self) -> Option<String> {
+        let (_, session) = self.inner.get_ref();
+        let der = session.peer_certificates()?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(cert.subject().to_string())
+    }
+}
+
 /// Accepts the TLS handshake of a client on `tcp`.
 pub async fn accept(
     acceptor: tokio_rustls::TlsAcceptor,

@@ -225,6 +225,26 @@ fn a_bad_flag_value_exits_2_naming_the_flag() {
     );
 }
 
+/// `--max-connections` takes a whole number from 1, `--proxy-protocol-from` IPs or CIDRs;
+/// anything else stops the proxy before it listens.
+#[test]
+fn a_bad_connection_cap_or_proxy_source_exits_2_naming_the_flag() {
+    refused(
+        &run(&["--max-connections", "0", URL]),
+        &["invalid value \"0\" for --max-connections", "at least 1"],
+    );
+    refused(
+        &run_env(
+            &[URL],
+            &[("LEADER_PROXY_PROXY_PROTOCOL_FROM", "10.0.0.0/8,lb")],
+        ),
+        &[
+            "for --proxy-protocol-from",
+            "\"lb\" is not an IP address or a CIDR range",
+        ],
+    );
+}
+
 /// A duration past a year would overflow a deadline at request time: refused at start.
 #[test]
 fn a_duration_over_a_year_exits_2_naming_the_flag() {

@@ -182,6 +182,11 @@ pub struct Settings {
     /// process's group.
     pub socket_group: Option<u32>,
     pub mode: Mode,
+    /// `--max-connections`; `None`: derived from the open-files limit at start
+    /// (`crate::limits::default_max_connections`).
+    pub max_connections: Option<usize>,
+    /// `--proxy-protocol-from`: the sources whose PROXY headers are honoured (none: off).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     pub leader_key: String,
     pub election: Election,
     pub hold_timeout: Duration,

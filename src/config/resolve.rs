@@ -50,6 +50,8 @@ pub(super) fn resolve(
     let listen = listen(cli.listen)?;
     let socket_mode = socket_mode(cli.socket_mode)?;
     let socket_group = socket_group(cli.socket_group)?;
+    let max_connections = max_connections(cli.max_connections)?;
+    let proxy_protocol_from = proxy_protocol_from(cli.proxy_protocol_from)?;
     let election = election(cli.election, &discovery)?;
     let leader_key = leader_key(cli.leader_key, &discovery)?;
     let hold_timeout = duration(
@@ -112,6 +114,8 @@ pub(super) fn resolve(
         socket_mode,
         socket_group,
         mode,
+        max_connections,
+        proxy_protocol_from,
         leader_key,
         election,
         hold_timeout,
@@ -229,6 +233,49 @@ fn max_held(value: Option<String>) -> Result<usize, ConfigError> {
             "expected a whole number (0: hold no request)",
         )
     })
+}
+
+/// A whole number, at least 1; `None` when not given (derived from the open-files limit
+/// at start, when the limit is known).
+fn max_connections(value: Option<String>) -> Result<Option<usize>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(max) if max >= 1 => Ok(Some(max)),
+        _ => Err(invalid(
+            "max-connections",
+            &value,
+            "expected a whole number, at least 1",
+        )),
+    }
+}
+
+/// Comma-separated CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single IPs; empty = off.
+fn proxy_protocol_from(value: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "proxy-protocol-from",
+                        &value,
+                        format!(
+                            "{entry:?} is not an IP address or a CIDR range (like 10.0.0.0/8 \
+                             or 2001:db8::/32)"
+                        ),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// `HOST:PORT`, or `off` for no admin listener.
@@ -582,5 +629,41 @@ mod tests {
             e.contains("for --drain-timeout") && e.contains("at most a year"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_connections_and_proxy_protocol_sources() {
+        let s = load(&[URL]).unwrap();
+        assert_eq!(s.max_connections, None, "derived from the limit at start");
+        assert!(s.proxy_protocol_from.is_empty(), "off by default");
+        let f = file("max-connections = 500\nproxy-protocol-from = \"10.0.0.0/8, 192.0.2.7\"\n");
+        let s = load(&["--config", path(&f), URL]).unwrap();
+        assert_eq!(s.max_connections, Some(500));
+        assert_eq!(
+            s.proxy_protocol_from,
+            [
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "192.0.2.7/32".parse().unwrap()
+            ]
+        );
+        let s = load_env(&[URL], &[("LEADER_PROXY_MAX_CONNECTIONS", "7")]).unwrap();
+        assert_eq!(s.max_connections, Some(7));
+        for bad in ["0", "-1", "many", ""] {
+            let e = err(&["--max-connections", bad, URL]);
+            assert!(
+                e.starts_with(&format!("invalid value {bad:?} for --max-connections")),
+                "{e}"
+            );
+        }
+        let e = err(&["--proxy-protocol-from", "10.0.0.0/8,lb.example", URL]);
+        assert!(
+            e.contains("for --proxy-protocol-from") && e.contains("\"lb.example\" is not"),
+            "{e}"
+        );
+        let e = err_env(
+            &[URL],
+            &[("LEADER_PROXY_PROXY_PROTOCOL_FROM", "10.0.0.0/33")],
+        );
+        assert!(e.contains("--proxy-protocol-from"), "{e}");
     }
 }

@@ -26,6 +26,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tracing::{debug, info};
 
+use super::client_identity::{self, ClientIdentity};
 use super::drain::{Drain, RequestUpstream};
 use super::head::{read_head, Head};
 use super::hijack::{HijackRelay, Relayed};
@@ -78,7 +79,14 @@ impl Front {
     /// Serves a client connection until it closes, goes idle, or the proxy shuts down
     /// (a request already running is finished first), or the leader-change policy ends the
     /// request running on it.
-    pub async fn serve<S: ClientConn>(&self, mut stream: S, mut shutdown: ShutdownWatch) {
+    /// `client` is who the connection is, for the access log of each request on it.
+    pub async fn serve<S: ClientConn>(
+        &self,
+        mut stream: S,
+        client: ClientIdentity,
+        mut shutdown: ShutdownWatch,
+    ) {
+        let client = Arc::new(client);
         let upstream = RequestUpstream::default();
         loop {
             if *shutdown.borrow() {
@@ -101,7 +109,7 @@ impl Front {
                 }
             };
             if upgrade {
-                match self.relay.relay(&mut stream, bytes).await {
+                match self.relay.relay(&mut stream, bytes, &client).await {
                     Relayed::Closed => return,
                     // Not upgraded: the next request is read like any other.
                     Relayed::Http(rest) => {
@@ -117,11 +125,13 @@ impl Front {
             session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
             session.set_read_timeout(None);
             upstream.reset();
+            let serving = self.api.process_new_http(session, &shutdown);
             let served = tokio::select! {
-                served = upstream.scope(self.api.process_new_http(session, &shutdown)) => served,
+                served = upstream.scope(client_identity::scope(client.clone(), serving)) => served,
                 reason = self.drain.must_end_request(&upstream) => {
                     // Dropping pingora's future closes the client and the upstream socket.
-                    info!(reason = reason.as_str(), "ending a request to the old leader");
+                    info!(reason = reason.as_str(), client = %client.peer,
+                        "ending a request to the old leader");
                     return;
                 }
             };

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tracing::{debug, info, warn};
 
+use super::client_identity::{log_fields, ClientIdentity};
 use super::drain::Drain;
 use super::exchange;
 use super::hold::{Client, Hold, HoldError};
@@ -63,7 +64,12 @@ impl HijackRelay {
     /// client sent after it waits for the answer. A `101` makes the connection a byte
     /// relay to its end. Any other answer is relayed whole, by its framing, and the
     /// connection goes back to HTTP ([`Relayed::Http`]) unless the leader closes it.
-    pub async fn relay<C>(&self, client: &mut C, mut head: BytesMut) -> Relayed
+    pub async fn relay<C>(
+        &self,
+        client: &mut C,
+        mut head: BytesMut,
+        identity: &ClientIdentity,
+    ) -> Relayed
     where
         C: AsyncRead + AsyncWrite + UniqueID + Unpin,
     {
@@ -74,7 +80,7 @@ impl HijackRelay {
             Err(e) => {
                 self.reject_with(client, 400, &format!("{e} (leader-proxy)"))
                     .await;
-                self.log(&summary, 400, None, started, 0, 0);
+                self.log(identity, &summary, 400, None, started, (0, 0));
                 return Relayed::Closed;
             }
         };
@@ -91,12 +97,12 @@ impl HijackRelay {
             let target = match self.hold.next_upstream(&mut state, Some(watched)).await {
                 Ok(upstream) => upstream,
                 Err(HoldError::ClientGone) => {
-                    self.abandon(&summary, started);
+                    self.abandon(identity, &summary, started);
                     return Relayed::Closed;
                 }
                 Err(e) => {
                     self.reject(client, &e.to_string()).await;
-                    self.log(&summary, 503, None, started, 0, 0);
+                    self.log(identity, &summary, 503, None, started, (0, 0));
                     return Relayed::Closed;
                 }
             };
@@ -124,7 +130,7 @@ impl HijackRelay {
         };
         // The client may have left during the dial.
         if self.hold.client_left(&mut state) {
-            self.abandon(&summary, started);
+            self.abandon(identity, &summary, started);
             return Relayed::Closed;
         }
         let Some(addr) = state.upstream() else {
@@ -163,7 +169,7 @@ impl HijackRelay {
             self.reject_with(client, *code, message).await;
         }
         let (status, up, down) = exchanged.logged;
-        self.log(&summary, status, Some(addr), started, up, down);
+        self.log(identity, &summary, status, Some(addr), started, (up, down));
         exchanged.next
     }
 
@@ -300,29 +306,33 @@ impl HijackRelay {
     }
 
     /// A held request whose client left: dropped, never sent (counted by the hold).
-    fn abandon(&self, summary: &str, started: Instant) {
+    fn abandon(&self, identity: &ClientIdentity, summary: &str, started: Instant) {
         info!(request = %summary, "dropping a held request: its client is gone");
-        self.log(summary, 0, None, started, 0, 0);
+        self.log(identity, summary, 0, None, started, (0, 0));
     }
 
     fn log(
         &self,
+        identity: &ClientIdentity,
         request: &str,
         status: u16,
         upstream: Option<std::net::SocketAddr>,
         started: Instant,
-        bytes_up: u64,
-        bytes_down: u64,
+        (bytes_up, bytes_down): (u64, u64),
     ) {
         self.metrics
             .requests
             .with_label_values(&[super::http::status_label(status)])
             .inc();
+        let (client, via, cert) = log_fields(Some(identity));
         info!(
             target: "access",
+            client = %client,
+            via = %via,
+            cert = %cert,
             request,
             status,
-            upstream = %super::http::OrDash(upstream),
+            upstream = %super::OrDash(upstream),
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_up,
             bytes_down,

@@ -21,8 +21,9 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tracing::info;
 
-use super::docker_error_body;
+use super::client_identity::{self, ClientIdentity};
 use super::hold::{Client, Hold, HoldError, HoldState};
+use super::{docker_error_body, OrDash};
 use crate::metrics::Metrics;
 use crate::tls::UpstreamTls;
 
@@ -66,6 +67,8 @@ pub struct RequestCtx {
     no_leader: Option<std::net::SocketAddr>,
     /// The upstream socket this request runs on (set on each connection pingora picks).
     upstream_fd: Option<std::os::unix::io::RawFd>,
+    /// Who sent the request (the front's [`client_identity::scope`]), for the access log.
+    client: Option<Arc<ClientIdentity>>,
 }
 
 impl DockerApi {
@@ -126,6 +129,7 @@ impl ProxyHttp for DockerApi {
             tls_warned: false,
             no_leader: None,
             upstream_fd: None,
+            client: client_identity::current(),
         }
     }
 
@@ -353,8 +357,12 @@ impl ProxyHttp for DockerApi {
             .with_label_values(&[status_label(status)])
             .inc();
         let req = session.req_header();
+        let (client, via, cert) = client_identity::log_fields(ctx.client.as_deref());
         info!(
             target: "access",
+            client = %client,
+            via = %via,
+            cert = %cert,
             method = %req.method,
             // Origin-form, as Docker clients send it: no copy of the URI per request.
             path = %super::redact::uri(req.uri.path_and_query().map_or("/", |pq| pq.as_str())),
@@ -364,18 +372,6 @@ impl ProxyHttp for DockerApi {
             error = %OrDash(e),
             "request"
         );
-    }
-}
-
-/// Shows `-` for nothing, so an access-log field needs no allocation to say "none".
-pub struct OrDash<T>(pub Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(value) => value.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 

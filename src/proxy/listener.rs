@@ -2,9 +2,12 @@
 //! serves them ([`Service`]: the [`Front`], over TLS on TCP listeners when configured, or the
 //! [`L4Proxy`] in `--mode tcp`), and the graceful stop (stop accepting, let what runs finish).
 //!
-//! The TLS handshake of a client runs in the connection's own task, never in the accept
-//! loop, bounded by [`TLS_HANDSHAKE_TIMEOUT`]: a client that connects and says nothing
-//! holds only its own socket.
+//! Each connection is checked against `--max-connections` ([`ConnectionCap`]) when it is
+//! accepted, and given its [`ClientIdentity`], which goes with it to the front or the L4
+//! relay for the access log. The PROXY header of a trusted balancer
+//! ([`TrustedProxies`]) and the TLS handshake of a client run in the connection's own task,
+//! never in the accept loop, each bounded by a timeout: a client that connects and says
+//! nothing holds only its own socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,13 +22,20 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::cap::{refuse_http, ConnectionCap};
+use super::client_identity::ClientIdentity;
 use super::front::Front;
+use super::proxy_protocol::TrustedProxies;
 use super::tcp::L4Proxy;
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
 
 /// How long a client has to complete its TLS handshake (a Docker client needs milliseconds).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The same for a client refused by `--max-connections`, whose handshake is made only to
+/// tell it so: a slow one is not worth a socket for long.
+const REFUSAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What serves the connections of a listener.
 #[derive(Clone)]
@@ -40,17 +50,42 @@ pub enum Service {
     Tcp(Arc<L4Proxy>),
 }
 
+/// What every client listener shares: the service, the `--max-connections` cap over all of
+/// them, the sources whose PROXY headers are honoured, and the tracker of connection tasks
+/// (shutdown waits for them).
+#[derive(Clone)]
+pub struct Clients {
+    pub service: Service,
+    pub cap: Arc<ConnectionCap>,
+    pub proxies: Arc<TrustedProxies>,
+    pub connections: TaskTracker,
+}
+
 impl Service {
-    async fn serve_tcp(self, tcp: TcpStream, peer: SocketAddr, shutdown: ShutdownWatch) {
+    async fn serve_tcp(
+        self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        proxies: Arc<TrustedProxies>,
+        shutdown: ShutdownWatch,
+    ) {
         // Every client socket, in both modes: no Nagle delay, and keepalive probes, so a
         // client whose host vanished during a silent `attach` or `events` (a laptop gone
         // to sleep) does not hold its sockets, and the upstream's, forever.
         super::tcp::tune(&tcp);
+        let client = match proxies.identify(&mut tcp, peer).await {
+            Ok(client) => client,
+            Err(e) => {
+                info!(target: "access", client = %peer, error = %e,
+                    "connection closed: PROXY protocol");
+                return;
+            }
+        };
         match self {
             Service::Http {
                 front, tls: None, ..
             } => {
-                front.serve(L4Stream::from(tcp), shutdown).await;
+                front.serve(L4Stream::from(tcp), client, shutdown).await;
             }
             Service::Http {
                 front,
@@ -59,25 +94,64 @@ impl Service {
             } => {
                 let handshake = crate::tls::accept(tls.acceptor(), tcp);
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(conn)) => front.serve(conn, shutdown).await,
+                    Ok(Ok(conn)) => {
+                        // Without --tlsverify no certificate is asked for, so none is shown.
+                        let subject = tls
+                            .verifies_clients()
+                            .then(|| conn.peer_subject())
+                            .flatten();
+                        front
+                            .serve(conn, client.with_tls_subject(subject), shutdown)
+                            .await
+                    }
                     Ok(Err(e)) => {
                         metrics.tls_handshake_failures.inc();
-                        info!(%peer, error = %e, "client TLS handshake failed");
+                        info!(client = %client.peer, error = %e, "client TLS handshake failed");
                     }
                     Err(_) => {
                         metrics.tls_handshake_failures.inc();
-                        info!(%peer, "client TLS handshake timed out");
+                        info!(client = %client.peer, "client TLS handshake timed out");
                     }
                 }
             }
-            Service::Tcp(l4) => l4.serve(tcp, &peer).await,
+            Service::Tcp(l4) => l4.serve(tcp, &client).await,
         }
     }
 
     async fn serve_unix(self, unix: UnixStream, shutdown: ShutdownWatch) {
+        let client = ClientIdentity::unix(&unix);
         match self {
-            Service::Http { front, .. } => front.serve(L4Stream::from(unix), shutdown).await,
-            Service::Tcp(l4) => l4.serve(unix, &"unix socket").await,
+            Service::Http { front, .. } => {
+                front.serve(L4Stream::from(unix), client, shutdown).await
+            }
+            Service::Tcp(l4) => l4.serve(unix, &client).await,
+        }
+    }
+
+    /// Answers a TCP client the cap refused, in the protocol of the listener: a 503 in
+    /// `--mode http` (over TLS on a TLS listener, the handshake bounded by
+    /// [`REFUSAL_HANDSHAKE_TIMEOUT`]); in `--mode tcp`, where there is no protocol to answer
+    /// in, the connection is closed at once.
+    async fn refuse_tcp(self, tcp: TcpStream, max: usize) {
+        match self {
+            Service::Http { tls: None, .. } => refuse_http(tcp, max).await,
+            Service::Http { tls: Some(tls), .. } => {
+                let handshake = crate::tls::accept(tls.acceptor(), tcp);
+                if let Ok(Ok(conn)) =
+                    tokio::time::timeout(REFUSAL_HANDSHAKE_TIMEOUT, handshake).await
+                {
+                    refuse_http(conn, max).await;
+                }
+            }
+            Service::Tcp(_) => drop(tcp),
+        }
+    }
+
+    /// [`Self::refuse_tcp`] for a unix client (never TLS).
+    async fn refuse_unix(self, unix: UnixStream, max: usize) {
+        match self {
+            Service::Http { .. } => refuse_http(unix, max).await,
+            Service::Tcp(_) => drop(unix),
         }
     }
 }
@@ -227,13 +301,8 @@ pub fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Accepts connections until `shutdown` turns true; each connection runs as a task in
-/// `connections`, so shutdown can wait for them.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    service: Service,
-    connections: TaskTracker,
-    mut shutdown: ShutdownWatch,
-) {
+/// `clients.connections`, so shutdown can wait for them.
+pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: ShutdownWatch) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -241,9 +310,21 @@ pub async fn serve_tcp(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let service = service.clone();
-                let shutdown = shutdown.clone();
-                connections.spawn(service.serve_tcp(tcp, peer, shutdown));
+                let service = clients.service.clone();
+                match clients.cap.admit() {
+                    Some(admitted) => {
+                        let serving =
+                            service.serve_tcp(tcp, peer, clients.proxies.clone(), shutdown.clone());
+                        clients.connections.spawn(async move {
+                            serving.await;
+                            drop(admitted);
+                        });
+                    }
+                    None => {
+                        let refusing = service.refuse_tcp(tcp, clients.cap.max());
+                        clients.connections.spawn(refusing);
+                    }
+                }
             }
             Err(e) => accept_failed(e).await,
         }
@@ -251,12 +332,7 @@ pub async fn serve_tcp(
 }
 
 /// [`serve_tcp`] for a unix listener. The socket file is removed when this returns.
-pub async fn serve_unix(
-    socket: UnixSocket,
-    service: Service,
-    connections: TaskTracker,
-    mut shutdown: ShutdownWatch,
-) {
+pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: ShutdownWatch) {
     let UnixSocket { listener, file } = socket;
     loop {
         let accepted = tokio::select! {
@@ -265,9 +341,20 @@ pub async fn serve_unix(
         };
         match accepted {
             Ok((unix, _peer)) => {
-                let service = service.clone();
-                let shutdown = shutdown.clone();
-                connections.spawn(service.serve_unix(unix, shutdown));
+                let service = clients.service.clone();
+                match clients.cap.admit() {
+                    Some(admitted) => {
+                        let serving = service.serve_unix(unix, shutdown.clone());
+                        clients.connections.spawn(async move {
+                            serving.await;
+                            drop(admitted);
+                        });
+                    }
+                    None => {
+                        let refusing = service.refuse_unix(unix, clients.cap.max());
+                        clients.connections.spawn(refusing);
+                    }
+                }
             }
             Err(e) => accept_failed(e).await,
         }

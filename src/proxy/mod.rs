@@ -4,6 +4,8 @@
 //! [`hijack`] relay. In `--mode tcp` the [`tcp::L4Proxy`] relays connections instead. All of
 //! them ask [`hold::Hold`] for the upstream, so they wait and retry the same way.
 
+pub mod cap;
+pub mod client_identity;
 pub mod client_watch;
 pub mod drain;
 pub mod exchange;
@@ -15,6 +17,7 @@ pub mod hijack;
 pub mod hold;
 pub mod http;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod redact;
 pub mod tcp;
 
@@ -23,6 +26,18 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// A Docker-style error body (`{"message": "…"}`), which the docker CLI prints as is.
 pub fn docker_error_body(message: &str) -> bytes::Bytes {
     serde_json::json!({ "message": message }).to_string().into()
+}
+
+/// Shows `-` for nothing, so an access-log field needs no allocation to say "none".
+pub struct OrDash<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Answers `code` with a Docker-style error body on a connection the proxy is about to

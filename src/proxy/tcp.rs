@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use super::client_identity::{log_fields, ClientIdentity};
 use super::drain::Drain;
 use super::hold::Hold;
 use crate::metrics::Metrics;
@@ -94,12 +95,13 @@ impl L4Proxy {
 
     /// Relays one client connection to the leader until either side ends it (each
     /// direction's EOF forwarded on its own), a socket breaks, or the leader-change policy
-    /// ends it. `peer` is for the log.
-    pub async fn serve<C>(&self, client: C, peer: &(dyn std::fmt::Display + Sync))
+    /// ends it. `identity` is who the client is, for the log.
+    pub async fn serve<C>(&self, client: C, identity: &ClientIdentity)
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
+        let (peer, via, cert) = log_fields(Some(identity));
         let mut state = self.hold.start();
         let (mut upstream, addr) = loop {
             // Bytes, not requests: a half-closed client may still be reading (as an
@@ -109,7 +111,7 @@ impl L4Proxy {
                 Ok(upstream) => upstream.socket,
                 Err(e) => {
                     self.refused.inc();
-                    info!(target: "access", %peer, error = %e,
+                    info!(target: "access", client = %peer, via = %via, cert = %cert, error = %e,
                         duration_ms = started.elapsed().as_millis() as u64,
                         "connection closed without a leader");
                     return;
@@ -145,26 +147,29 @@ impl L4Proxy {
                 }
             },
             reason = self.drain.must_end(addr) => {
-                info!(reason = reason.as_str(), %peer, upstream = %addr,
+                info!(reason = reason.as_str(), client = %peer, upstream = %addr,
                     "ending an L4 connection to the old leader");
                 // Dropping both streams closes both sockets.
                 "ended by the leader-change policy"
             }
         };
-        self.log(peer, addr, started, &client, outcome);
+        self.log(identity, addr, started, &client, outcome);
     }
 
     fn log<C>(
         &self,
-        peer: &(dyn std::fmt::Display + Sync),
+        identity: &ClientIdentity,
         upstream: SocketAddr,
         started: Instant,
         client: &Counted<'_, C>,
         outcome: &str,
     ) {
+        let (peer, via, cert) = log_fields(Some(identity));
         info!(
             target: "access",
-            %peer,
+            client = %peer,
+            via = %via,
+            cert = %cert,
             %upstream,
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_up = client.read,
@@ -253,6 +258,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    fn test_client() -> ClientIdentity {
+        ClientIdentity::tcp("127.0.0.1:1".parse().unwrap())
+    }
+
     fn proxy(router: &Arc<Router>, metrics: &Arc<Metrics>, hold_ms: u64) -> Arc<L4Proxy> {
         let hold = Arc::new(Hold::new(
             router.clone(),
@@ -305,7 +314,7 @@ mod tests {
             .await;
         let l4 = proxy(&router, &metrics, 1000);
         let (client, server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(async move { l4.serve(server, &"test").await });
+        let task = tokio::spawn(async move { l4.serve(server, &test_client()).await });
         let (mut rd, mut wr) = tokio::io::split(client);
         wr.write_all(b"ping").await.unwrap();
         wr.shutdown().await.unwrap();
@@ -329,7 +338,7 @@ mod tests {
         let l4 = proxy(&router, &metrics, 100);
         let (mut client, server) = tokio::io::duplex(1024);
         let started = Instant::now();
-        let task = tokio::spawn(async move { l4.serve(server, &"test").await });
+        let task = tokio::spawn(async move { l4.serve(server, &test_client()).await });
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert!(got.is_empty());
@@ -344,7 +353,7 @@ mod tests {
         let up = echo_server().await;
         let l4 = proxy(&router, &metrics, 5000);
         let (mut client, server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(async move { l4.serve(server, &"test").await });
+        let task = tokio::spawn(async move { l4.serve(server, &test_client()).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         router
             .apply(LeaderEvent::Leader(
@@ -370,7 +379,7 @@ mod tests {
             .await;
         let l4 = proxy(&router, &metrics, 1000);
         let (mut client, server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(async move { l4.serve(server, &"test").await });
+        let task = tokio::spawn(async move { l4.serve(server, &test_client()).await });
         let mut hello = [0u8; 6];
         client.read_exact(&mut hello).await.unwrap();
         router

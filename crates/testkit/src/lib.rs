@@ -20,6 +20,7 @@ pub mod http;
 pub mod manager_conformance;
 pub mod manual_managers;
 pub mod nginx;
+pub mod open_files;
 pub mod programs;
 pub mod proxy;
 pub mod server_process;

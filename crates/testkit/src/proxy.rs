@@ -50,7 +50,30 @@ impl Proxy {
     /// [`Self::start`] with extra environment variables (`CONSUL_HTTP_TOKEN`, …) for the
     /// proxy process only.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut child = Command::new(crate::bins::leader_proxy())
+        Self::launch(Command::new(crate::bins::leader_proxy()), args, env)
+    }
+
+    /// [`Self::start`] with the soft open-files limit set to `soft` (the hard one left as
+    /// this process has it), as systemd or a Docker container starts a service: through
+    /// `prlimit`, which runs the proxy in its own process (so [`Self::pid`] is the proxy's).
+    pub fn start_with_open_files(soft: u64, args: &[&str]) -> Proxy {
+        let hard = match crate::open_files::limits_of("self") {
+            (_, u64::MAX) => "unlimited".to_string(),
+            (_, hard) => hard.to_string(),
+        };
+        crate::open_files::require_prlimit();
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(crate::bins::leader_proxy());
+        Self::launch(command, args, &[])
+    }
+
+    /// Runs `command` (the proxy, or a wrapper that execs it) with the test's listeners,
+    /// log level and `args`.
+    fn launch(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--log-level", "info,access=debug"])
             .args(args)
@@ -67,6 +90,9 @@ impl Proxy {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((true, a)) => admin = Some(a.parse().expect("admin addr")),
+                // A unix listener given in `args`: bound before the admin listener, which
+                // is awaited anyway.
+                Ok((false, a)) if a.starts_with("unix://") => {}
                 Ok((false, a)) => addr = Some(a.parse().expect("listen addr")),
                 Err(_) => {
                     let _ = child.kill();
@@ -87,6 +113,16 @@ impl Proxy {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The proxy's open-files limits now, `(soft, hard)`, from `/proc/PID/limits`.
+    pub fn open_files(&self) -> (u64, u64) {
+        crate::open_files::limits_of(&self.child.id().to_string())
     }
 
     /// The proxy's process id (to send it SIGHUP).

@@ -116,6 +116,30 @@ pub struct Cli {
     )]
     pub mode: Option<String>,
 
+    /// Client connections served at once, over all listeners; beyond it a new client gets
+    /// 503 (--mode http) or is closed (--mode tcp). [default: (the open-files limit - 256) /
+    /// 2]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        env = "LEADER_PROXY_MAX_CONNECTIONS",
+        help_heading = "Listening"
+    )]
+    // A TOML number or a string, read like --max-held's.
+    #[serde(deserialize_with = "super::file::max_held")]
+    pub max_connections: Option<String>,
+
+    /// Accept the PROXY protocol (v1, v2) from these sources only, comma-separated CIDRs or
+    /// IPs; a connection from them must start with a PROXY header. [default: none (off)]
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        env = "LEADER_PROXY_PROXY_PROTOCOL_FROM",
+        help_heading = "Listening"
+    )]
+    pub proxy_protocol_from: Option<String>,
+
     /// Allow a non-loopback listener without client certificates (--tlsverify), or a
     /// non-loopback --admin. The Docker API is root on every node: only for ports something
     /// else protects.
