@@ -314,8 +314,7 @@ fn consul_http_token_is_honoured_and_the_option_wins() {
 
     let refused = Proxy::start_with_env(&[&discovery], &[("CONSUL_HTTP_TOKEN", wrong)]);
     refused.wait_for_leader(WAIT, |l| l["state"] == "degraded");
-    let log = refused.log();
-    assert!(log.contains("ACL not found"), "{log}");
+    refused.wait_for_log("ACL not found", WAIT);
 
     for p in [&proxy, &wins, &refused] {
         let shown = format!(

@@ -206,12 +206,10 @@ fn managers_from_another_ca_are_not_believed_until_sighup_installs_the_right_ca(
     let proxy = start_proxy(Some(files.path()), &[], &url("swarm", &fronts));
 
     assert_not_followed(&proxy);
-    let log = proxy.log();
-    assert!(
+    proxy.wait_for_log_where("a failed TLS handshake, UnknownIssuer", WAIT, |log| {
         log.contains("TLS handshake with the manager failed (--upstream-cert-path)")
-            && log.contains("UnknownIssuer"),
-        "{log}"
-    );
+            && log.contains("UnknownIssuer")
+    });
     assert!(fronts[0].failed_handshakes() >= 1);
     assert_eq!(fronts.iter().map(TlsManager::handshakes).sum::<usize>(), 0);
 
@@ -220,7 +218,7 @@ fn managers_from_another_ca_are_not_believed_until_sighup_installs_the_right_ca(
     wait_for_log(&proxy, "SIGHUP: certificates reloaded");
     proxy.wait_for_leader(WAIT, is_leader(fronts[0].addr().to_string()));
     assert_eq!(served_by(&proxy, "/info"), "m1");
-    assert!(proxy.log().contains("the swarm:// managers answer again"));
+    wait_for_log(&proxy, "the swarm:// managers answer again");
 }
 
 /// Without a client certificate (`ca.pem` alone) the managers refuse the probes in the
@@ -237,12 +235,10 @@ fn managers_that_refuse_the_client_certificate_are_not_followed() {
     let proxy = start_proxy(Some(files.path()), &[], &url("static", &fronts));
 
     assert_not_followed(&proxy);
-    let log = proxy.log();
-    assert!(
+    proxy.wait_for_log_where("a failed TLS handshake, CertificateRequired", WAIT, |log| {
         log.contains("TLS handshake with the manager failed (--upstream-cert-path)")
-            && log.contains("CertificateRequired"),
-        "{log}"
-    );
+            && log.contains("CertificateRequired")
+    });
 }
 
 /// Without `--upstream-cert-path` the probes speak plain HTTP, which a TLS-only manager
@@ -257,10 +253,9 @@ fn without_upstream_cert_path_tls_only_managers_are_not_followed() {
     let proxy = start_proxy(None, &[], &url("static", &fronts));
 
     assert_not_followed(&proxy);
-    let log = proxy.log();
-    assert!(
-        log.contains("a manager that speaks only TLS needs --upstream-cert-path"),
-        "{log}"
+    wait_for_log(
+        &proxy,
+        "a manager that speaks only TLS needs --upstream-cert-path",
     );
     assert!(fronts.iter().all(|f| f.failed_handshakes() >= 1));
 }

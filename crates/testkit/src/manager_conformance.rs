@@ -152,8 +152,7 @@ pub fn unreachable_managers_keep_the_leader(mut managers: impl ManagerHarness) {
     assert_eq!(leader["leader"], managers.leader_addr(0));
     assert!(proxy.metric("leader_proxy_store_errors_total") >= 1.0);
     assert_eq!(http::get_text(&proxy.admin_url("/readyz")).trim(), "ready");
-    let log = proxy.log();
-    assert!(log.contains("keeping the last leader"), "{log}");
+    proxy.wait_for_log("keeping the last leader", WAIT);
 
     // A request sent while no manager answers waits for one, and is served when they are back.
     let held = {
