@@ -27,6 +27,7 @@ use pingora_proxy::HttpProxy;
 use tracing::{debug, info};
 
 use super::client_identity::{self, ClientIdentity};
+use super::coalesce::Coalesced;
 use super::drain::{Drain, RequestUpstream};
 use super::head::{read_head, Head};
 use super::hijack::{HijackRelay, Relayed};
@@ -121,7 +122,7 @@ impl Front {
                 }
             }
             stream.put_back(bytes);
-            let mut session = ServerSession::new_http1(Box::new(stream));
+            let mut session = ServerSession::new_http1(Box::new(Coalesced::new(stream)));
             session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
             session.set_read_timeout(None);
             upstream.reset();
@@ -139,8 +140,8 @@ impl Front {
                 return;
             };
             let (io, _settings) = reused.consume();
-            stream = match io.into_any().downcast::<S>() {
-                Ok(stream) => *stream,
+            stream = match io.into_any().downcast::<Coalesced<S>>() {
+                Ok(stream) => stream.into_inner(),
                 // What was handed to the proxy comes back; anything else cannot happen.
                 Err(_) => return,
             };

@@ -7,6 +7,7 @@
 pub mod cap;
 pub mod client_identity;
 pub mod client_watch;
+pub mod coalesce;
 pub mod drain;
 pub mod exchange;
 /// The request-head reader, in the `leader-proxy-parsers` crate (crates/parsers) so that
