@@ -86,14 +86,15 @@ pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let metrics = Arc::new(Metrics::new());
-    let router = Arc::new(Router::new(settings.discovery.scheme(), metrics.clone()));
+    let router = Arc::new(
+        Router::new(settings.discovery.scheme(), metrics.clone())
+            .allowing(settings.allow_leader.clone()),
+    );
 
+    // The router follows the source once the listeners are bound (below), so that it can
+    // refuse a leader that is the proxy itself.
     let (events_tx, events_rx) = mpsc::channel(64);
     tokio::spawn(source.run(events_tx));
-    tokio::spawn({
-        let router = router.clone();
-        async move { router.follow(events_rx).await }
-    });
 
     let hold = Arc::new(Hold::new(
         router.clone(),
@@ -169,12 +170,14 @@ pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = TaskTracker::new();
     let mut listeners = Vec::new();
+    let mut own = Vec::new();
     for listen in &settings.listen {
         match listen {
             ListenAddr::Tcp(addr) => {
                 let listener = bind_tcp(*addr)
                     .await
                     .with_context(|| format!("--listen {addr}"))?;
+                own.push(listener.local_addr().unwrap_or(*addr));
                 listeners.push(tokio::spawn(serve_tcp(
                     listener,
                     service.clone(),
@@ -196,6 +199,12 @@ pub async fn run(start: Start, on_sighup: Option<ReloadHook>) -> anyhow::Result<
             }
         }
     }
+
+    router.set_own_listeners(own);
+    tokio::spawn({
+        let router = router.clone();
+        async move { router.follow(events_rx).await }
+    });
 
     let admin = Arc::new(Admin::new(router.clone(), metrics, settings.hold_timeout));
     if let Some(addr) = settings.admin {

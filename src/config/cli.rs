@@ -163,6 +163,19 @@ pub struct Cli {
     #[serde(deserialize_with = "super::file::discovery_opt")]
     pub discovery_opt: Vec<Secret>,
 
+    /// Managers the leader may be, repeatable or comma-separated: HOST (any port),
+    /// HOST:PORT, or a CIDR block (every address the leader resolves to must be inside). A
+    /// leader outside the list is refused and the last good one kept. [default: every
+    /// address; static:// its entries]
+    #[arg(
+        long,
+        value_name = "LIST",
+        action = ArgAction::Append,
+        env = "LEADER_PROXY_ALLOW_LEADER",
+        help_heading = "Election"
+    )]
+    pub allow_leader: Vec<String>,
+
     /// How often swarm:// and static:// managers are polled. [default: 500ms]
     #[arg(
         long,

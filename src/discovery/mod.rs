@@ -4,6 +4,7 @@
 //! its store's election into a stream of events and never touches the proxy; the proxy
 //! never knows which store is in use.
 
+mod allow;
 mod announce;
 pub mod backoff;
 mod manager;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::tls::UpstreamTls;
 
+pub use self::allow::{AllowError, AllowList};
 use self::store::Followed;
 pub use self::url::{DiscoveryUrl, Scheme};
 pub use self::value::{LeaderAddr, ValueError};

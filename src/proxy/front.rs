@@ -24,7 +24,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::IO;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::drain::{Drain, RequestUpstream};
 use super::head::{read_head, Head};
@@ -99,6 +99,13 @@ impl Front {
                     debug!(error = %e, "dropping client connection");
                     return;
                 }
+            };
+            let Ok(bytes) = super::hop::mark(bytes) else {
+                warn!("a request came back through this proxy: answering 508");
+                let message = "the request came back through this proxy (a loop: its leader \
+                               leads back to it) (leader-proxy)";
+                super::write_docker_error(&mut stream, 508, message).await;
+                return;
             };
             if upgrade {
                 self.relay.relay(&mut stream, bytes).await;

@@ -9,6 +9,7 @@ pub mod front;
 pub mod head;
 pub mod hijack;
 pub mod hold;
+pub mod hop;
 pub mod http;
 pub mod listener;
 pub mod redact;

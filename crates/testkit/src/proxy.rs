@@ -94,6 +94,13 @@ impl Proxy {
         self.child.id()
     }
 
+    /// How many files the proxy process has open now (`/proc/PID/fd`).
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("read /proc/PID/fd of the proxy")
+            .count()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -1,0 +1,114 @@
+//! What the proxy trusts, tried as a user would (README.md, "Trust model"): a leader value
+//! outside `--allow-leader` or naming the proxy itself is refused like garbage (logged,
+//! counted, the last good leader kept), and a request that comes back through the proxy is
+//! answered `508` at once, with the proxy's open files staying bounded.
+
+use std::time::Duration;
+
+use testkit::conformance::standalone;
+use testkit::etcd::Etcd;
+use testkit::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
+use testkit::http;
+use testkit::proxy::Proxy;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn served_by(proxy: &Proxy) -> String {
+    let response = http::get(proxy.addr(), "/info").expect("GET /info through the proxy");
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.header("X-Served-By").unwrap_or("-").to_string()
+}
+
+#[test]
+fn a_leader_outside_the_allow_list_is_refused_and_the_last_one_kept() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    etcd.put_v2(KEY, &m1.advertise(), None);
+    let allow = format!("{},10.99.0.0/16", m1.advertise());
+    let proxy = proxy_for(&etcd, &["--allow-leader", &allow]);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.advertise().as_str());
+
+    etcd.put_v2(KEY, &m2.advertise(), None);
+    proxy.wait_for_metric(
+        "leader_proxy_rejected_leader_values_total",
+        1.0,
+        WAIT,
+        "m2 refused",
+    );
+    proxy.wait_for_log("is not allowed by --allow-leader", WAIT);
+    assert_eq!(proxy.leader()["leader"], m1.advertise().as_str());
+    assert_eq!(served_by(&proxy), "m1");
+
+    // A CIDR entry takes every address the name resolves to: localhost is not in 10.99/16.
+    etcd.put_v2(KEY, &format!("localhost:{}", m2.addr().port()), None);
+    proxy.wait_for_metric(
+        "leader_proxy_rejected_leader_values_total",
+        2.0,
+        WAIT,
+        "localhost refused",
+    );
+    assert_eq!(served_by(&proxy), "m1");
+}
+
+#[test]
+fn the_allow_list_comes_from_the_environment_too() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    etcd.put_v2(KEY, &m1.advertise(), None);
+    let url = format!("etcd://{}/p", etcd.endpoint());
+    let proxy = Proxy::start_with_env(&[&url], &[("LEADER_PROXY_ALLOW_LEADER", "127.0.0.0/8")]);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.advertise().as_str());
+    etcd.put_v2(KEY, &m2.advertise(), None);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m2.advertise().as_str());
+    assert_eq!(served_by(&proxy), "m2");
+}
+
+#[test]
+fn a_leader_that_is_the_proxy_itself_is_refused() {
+    let (etcd, _dir, _m1, proxy) = proxy_with_leader(&[]);
+    let files_before = proxy.open_files();
+    etcd.put_v2(KEY, &proxy.addr().to_string(), None);
+    proxy.wait_for_log("is this proxy's own listener", WAIT);
+    assert!(proxy.metric("leader_proxy_rejected_leader_values_total") >= 1.0);
+    for _ in 0..50 {
+        assert_eq!(served_by(&proxy), "m1");
+    }
+    let files_after = proxy.open_files();
+    assert!(
+        files_after <= files_before + 10,
+        "open files grew from {files_before} to {files_after}"
+    );
+}
+
+/// Two proxies each naming the other as leader: the listener check cannot see it (the
+/// leader is another process), the hop marker can.
+#[test]
+fn a_request_that_comes_back_through_the_proxy_is_answered_508() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = standalone("m1", dir.path());
+    let key_b = "/b/docker/swarm/leader";
+    etcd.put_v2(KEY, &m1.advertise(), None);
+    let a = proxy_for(&etcd, &[]);
+    etcd.put_v2(key_b, &a.addr().to_string(), None);
+    let b = Proxy::start(&[&format!("etcd://{}/b", etcd.endpoint())]);
+    b.wait_for_leader(WAIT, |l| l["leader"] == a.addr().to_string().as_str());
+    assert_eq!(served_by(&b), "m1", "B -> A -> m1 is a chain, not a loop");
+
+    etcd.put_v2(KEY, &b.addr().to_string(), None);
+    a.wait_for_leader(WAIT, |l| l["leader"] == b.addr().to_string().as_str());
+    let files_before = a.open_files();
+    for _ in 0..20 {
+        let response = http::get(a.addr(), "/info").expect("an answer");
+        assert_eq!(response.status, 508, "{}", response.text());
+        assert!(response.text().contains("came back through this proxy"));
+    }
+    a.wait_for_log("a request came back through this proxy", WAIT);
+    let files_after = a.open_files();
+    assert!(
+        files_after <= files_before + 10,
+        "open files grew from {files_before} to {files_after}"
+    );
+}
