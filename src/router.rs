@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub changes: u64,
     /// Bumped whenever `leader` changes; held requests wait for it to move.
     pub generation: u64,
+    /// `--verify-leader`: how the managers contradict the store right now, if they do.
+    pub disagreement: Option<Arc<str>>,
 }
 
 pub struct Router {
@@ -101,6 +103,7 @@ impl Router {
             leaderless_since: Some(now),
             changes: 0,
             generation: 0,
+            disagreement: None,
         };
         metrics.set_state(State::NoLeader.as_str(), &State::NAMES);
         Self {
@@ -187,6 +190,16 @@ impl Router {
                         ..Snapshot::clone(&old)
                     });
                 }
+            }
+            LeaderEvent::Disagreement(text) => {
+                if text.is_some() {
+                    self.metrics.leader_disagreements.inc();
+                }
+                let old = self.current();
+                self.store(Snapshot {
+                    disagreement: text.map(Arc::from),
+                    ..Snapshot::clone(&old)
+                });
             }
             LeaderEvent::Rejected { value, reason } => {
                 self.reject(value, &reason.to_string());
@@ -276,6 +289,7 @@ impl Router {
             leaderless_since,
             changes,
             generation,
+            disagreement: old.disagreement.clone(),
         });
     }
 

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::config::{ConfigError, ListenAddr, Mode, Settings};
+use crate::discovery::verify::Verified;
 use crate::discovery::{source_for, LeaderSource, SourceError};
 use crate::metrics::Metrics;
 use crate::proxy::drain::Drain;
@@ -64,7 +65,11 @@ pub fn build(settings: Settings) -> Result<Start, StartError> {
         Some(files) => Some(Arc::new(ServerTls::load(files).map_err(ConfigError::from)?)),
         None => None,
     };
-    let source = source_for(settings.source_config(upstream_tls.clone()))?;
+    let config = settings.source_config(upstream_tls.clone());
+    let mut source = source_for(config.clone())?;
+    if settings.verify_leader {
+        source = Box::new(Verified::new(source, &config)?);
+    }
     Ok(Start {
         settings,
         source,

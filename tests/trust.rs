@@ -1,7 +1,9 @@
 //! What the proxy trusts, tried as a user would (README.md, "Trust model"): a leader value
 //! outside `--allow-leader` or naming the proxy itself is refused like garbage (logged,
 //! counted, the last good leader kept), and a request that comes back through the proxy is
-//! answered `508` at once, with the proxy's open files staying bounded.
+//! answered `508` at once, with the proxy's open files staying bounded. With
+//! `--verify-leader` the manager the store names is asked who is primary (simulated classic
+//! Swarm managers whose `/info` the test sets, so they can contradict the store).
 
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use testkit::conformance::standalone;
 use testkit::etcd::Etcd;
 use testkit::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
 use testkit::http;
+use testkit::manager_conformance::ManagerHarness;
+use testkit::manual_managers::ClassicManagers;
 use testkit::proxy::Proxy;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -111,4 +115,100 @@ fn a_request_that_comes_back_through_the_proxy_is_answered_508() {
         files_after <= files_before + 10,
         "open files grew from {files_before} to {files_after}"
     );
+}
+
+/// A proxy following etcd's key (`--verify-leader` on, the default) in front of three
+/// classic Swarm managers whose `/info` the test sets: the store may say one thing, the
+/// managers another.
+fn verified(etcd: &Etcd, extra: &[&str]) -> Proxy {
+    let mut args = vec!["--probe-interval", "100ms"];
+    args.extend_from_slice(extra);
+    proxy_for(etcd, &args)
+}
+
+#[test]
+fn verify_routes_past_a_replica_to_the_primary_it_names() {
+    let etcd = Etcd::start();
+    let managers = ClassicManagers::start();
+    let (m1, m2) = (managers.leader_addr(0), managers.leader_addr(1));
+    managers.say(0, true, &m1);
+    managers.say(1, false, &m1);
+    // A stale key: the store still names m2, which knows m1 is primary.
+    etcd.put_v2(KEY, &m2, None);
+    let proxy = verified(&etcd, &[]);
+    let leader = proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.as_str());
+    let shown = leader["disagreement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(shown.contains(&m2) && shown.contains(&m1), "{leader}");
+    assert_eq!(served_by(&proxy), "m1");
+    assert_eq!(proxy.metric("leader_proxy_leader_disagreements_total"), 1.0);
+    proxy.wait_for_log("the store and the managers disagree", WAIT);
+
+    // Checked again every --probe-interval: once the store agrees, so does /leader.
+    etcd.put_v2(KEY, &m1, None);
+    proxy.wait_for_leader(WAIT, |l| l["disagreement"].is_null());
+    assert_eq!(served_by(&proxy), "m1");
+    assert_eq!(proxy.metric("leader_proxy_leader_disagreements_total"), 1.0);
+}
+
+#[test]
+fn verify_holds_while_no_manager_confirms_a_primary() {
+    let etcd = Etcd::start();
+    let managers = ClassicManagers::start();
+    let (m1, m2) = (managers.leader_addr(0), managers.leader_addr(1));
+    // The store names m1, which says it is a replica of nobody.
+    etcd.put_v2(KEY, &m1, None);
+    let proxy = verified(&etcd, &["--hold-timeout", "1s"]);
+    proxy.wait_for_metric("leader_proxy_leader_disagreements_total", 1.0, WAIT, "held");
+    let leader = proxy.leader();
+    assert_eq!(leader["state"], "no_leader", "{leader}");
+    let response = http::get(proxy.addr(), "/info").expect("an answer");
+    assert_eq!(
+        response.status,
+        503,
+        "held, then refused: {}",
+        response.text()
+    );
+
+    // m1 becomes primary: routed there, the disagreement over.
+    managers.say(0, true, &m1);
+    proxy.wait_for_leader(WAIT, |l| {
+        l["leader"] == m1.as_str() && l["disagreement"].is_null()
+    });
+    assert_eq!(served_by(&proxy), "m1");
+
+    // m1 still says primary but names m2, which says primary and names m1: two primaries.
+    managers.say(0, true, &m2);
+    managers.say(1, true, &m1);
+    proxy.wait_for_leader(WAIT, |l| l["state"] == "no_leader");
+    assert!(proxy.leader()["disagreement"]
+        .as_str()
+        .is_some_and(|d| d.contains("primary too")));
+}
+
+#[test]
+fn verify_trusts_a_manager_that_cannot_say_and_can_be_turned_off() {
+    let etcd = Etcd::start();
+    let managers = ClassicManagers::start();
+    let m1 = managers.leader_addr(0);
+    // A plain dockerd's /info: no SystemStatus.
+    managers.m.set(
+        0,
+        serde_json::json!({"info": "{\"ID\":\"plain\",\"Containers\":0}"}),
+    );
+    etcd.put_v2(KEY, &m1, None);
+    let proxy = verified(&etcd, &[]);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.as_str());
+    proxy.wait_for_log("trusting the store", WAIT);
+    assert_eq!(served_by(&proxy), "m1");
+
+    // m2 says replica; with --verify-leader off the store's word is all there is.
+    let m2 = managers.leader_addr(1);
+    managers.say(1, false, "");
+    etcd.put_v2(KEY, &m2, None);
+    let unverified = verified(&etcd, &["--verify-leader", "off"]);
+    unverified.wait_for_leader(WAIT, |l| l["leader"] == m2.as_str());
+    assert_eq!(served_by(&unverified), "m2");
 }

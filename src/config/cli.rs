@@ -176,6 +176,18 @@ pub struct Cli {
     )]
     pub allow_leader: Vec<String>,
 
+    /// Ask the manager the store names (GET /info, Role/Primary) before routing to it and
+    /// every --probe-interval while it leads; a replica naming a confirmed primary is routed
+    /// past, no confirmed primary holds requests. Not for swarm:// or static://, which ask
+    /// the managers already. [default: on for etcd://, etcdv3://, zk://, consul://]
+    #[arg(
+        long,
+        value_name = "on|off",
+        env = "LEADER_PROXY_VERIFY_LEADER",
+        help_heading = "Election"
+    )]
+    pub verify_leader: Option<String>,
+
     /// How often swarm:// and static:// managers are polled. [default: 500ms]
     #[arg(
         long,

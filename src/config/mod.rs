@@ -183,6 +183,8 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// `--allow-leader`, or a `static://` URL's entries; empty = every leader.
     pub allow_leader: AllowList,
+    /// `--verify-leader`: the store's leader is checked with the manager itself.
+    pub verify_leader: bool,
     pub on_leader_change: OnLeaderChange,
     pub drain_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -277,6 +279,23 @@ mod tests {
             e.contains("--allow-leader") && e.contains("LEADER_PROXY_ALLOW_LEADER"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn verify_leader_is_on_for_stores_and_refused_for_managers() {
+        assert!(load(&[URL]).unwrap().verify_leader);
+        assert!(
+            !load(&["--verify-leader", "OFF", URL])
+                .unwrap()
+                .verify_leader
+        );
+        assert!(!load(&["static://h1:1"]).unwrap().verify_leader);
+        for url in ["static://h1:1", "swarm://h1:1"] {
+            let e = load(&["--verify-leader", "on", url]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--verify-leader"), "{e}");
+        }
+        assert!(load(&["--verify-leader", "maybe", URL]).is_err());
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub(super) fn resolve(
         false,
     )?;
     let allow_leader = allow_leader(&cli.allow_leader, &discovery)?;
+    let verify_leader = verify_leader(cli.verify_leader, &discovery)?;
     let on_leader_change = one_of(
         "on-leader-change",
         cli.on_leader_change,
@@ -120,6 +121,7 @@ pub(super) fn resolve(
         connect_timeout,
         probe_interval,
         allow_leader,
+        verify_leader,
         on_leader_change,
         drain_timeout,
         shutdown_grace,
@@ -152,6 +154,32 @@ fn allow_leader(values: &[String], discovery: &DiscoveryUrl) -> Result<AllowList
             .iter()
             .filter_map(|host| LeaderAddr::parse(host).ok()),
     ))
+}
+
+/// `--verify-leader`: on by default for the stores; `swarm://` and `static://` ask the
+/// managers themselves, so the flag is refused with them.
+fn verify_leader(value: Option<String>, discovery: &DiscoveryUrl) -> Result<bool, ConfigError> {
+    let scheme = discovery.scheme();
+    if matches!(scheme, Scheme::Swarm | Scheme::Static) {
+        return match value {
+            None => Ok(false),
+            Some(value) => Err(invalid(
+                "verify-leader",
+                &value,
+                format!(
+                    "{}:// asks the managers who leads already; --verify-leader is for the \
+                     stores (etcd://, etcdv3://, zk://, consul://)",
+                    scheme.as_str()
+                ),
+            )),
+        };
+    }
+    one_of(
+        "verify-leader",
+        value,
+        &[("on", true), ("off", false)],
+        true,
+    )
 }
 
 fn listen(values: Vec<String>) -> Result<Vec<ListenAddr>, ConfigError> {

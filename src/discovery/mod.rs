@@ -11,6 +11,7 @@ mod manager;
 mod store;
 pub mod url;
 pub mod value;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,6 +45,9 @@ pub enum LeaderEvent {
     Degraded(String),
     /// The store holds a value that is not an address. The last good leader is kept.
     Rejected { value: String, reason: ValueError },
+    /// `--verify-leader` ([`verify`]): the managers contradict the store (`Some`: how), or
+    /// agree with it again (`None`). Sent once per episode.
+    Disagreement(Option<String>),
 }
 
 /// How the leader is read from the store (`--election`).
