@@ -14,6 +14,8 @@ use testkit::http;
 use testkit::manager_conformance::ManagerHarness;
 use testkit::manual_managers::ClassicManagers;
 use testkit::proxy::Proxy;
+use testkit::server_process::free_ports;
+use testkit::sim::{SimManager, SimOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -211,4 +213,41 @@ fn verify_trusts_a_manager_that_cannot_say_and_can_be_turned_off() {
     let unverified = verified(&etcd, &["--verify-leader", "off"]);
     unverified.wait_for_leader(WAIT, |l| l["leader"] == m2.as_str());
     assert_eq!(served_by(&unverified), "m2");
+}
+
+/// A real election in etcd, and managers that contradict it (`sim-manager --info-says`):
+/// the store names m1, which claims to be a replica of m2; m2, really a replica, claims to
+/// be primary. The proxy follows the managers and says so.
+#[test]
+fn verify_follows_the_managers_when_they_contradict_a_real_election() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = format!("etcd://{}/p", etcd.endpoint());
+    let log = dir.path().join("writes.log");
+    let m2_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_ports(1)[0]).parse().unwrap();
+    let m1 = SimManager::start(
+        &SimOptions::new("m1", &discovery, &log).info_says(&format!("replica:{m2_addr}")),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !m1.log().contains("became primary") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m1 never won:\n{}",
+            m1.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m2 = SimManager::start(
+        &SimOptions::new("m2", &discovery, &log)
+            .listen(m2_addr)
+            .info_says("primary"),
+    );
+    let proxy = verified(&etcd, &[]);
+    let leader = proxy.wait_for_leader(WAIT, |l| l["leader"] == m2.advertise().as_str());
+    let shown = leader["disagreement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(shown.contains(&m1.advertise()), "{leader}");
+    assert_eq!(served_by(&proxy), "m2");
 }
