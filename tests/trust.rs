@@ -13,7 +13,7 @@ use testkit::etcd_proxy::{proxy_for, proxy_with_leader, KEY};
 use testkit::http;
 use testkit::manager_conformance::ManagerHarness;
 use testkit::manual_managers::ClassicManagers;
-use testkit::proxy::Proxy;
+use testkit::proxy::{signal, Proxy};
 use testkit::server_process::free_ports;
 use testkit::sim::{SimManager, SimOptions};
 
@@ -250,4 +250,25 @@ fn verify_follows_the_managers_when_they_contradict_a_real_election() {
         .to_string();
     assert!(shown.contains(&m1.advertise()), "{leader}");
     assert_eq!(served_by(&proxy), "m2");
+}
+
+/// The leader hangs (SIGSTOP: its port still accepts, nothing answers) while it is being
+/// asked, and the store names another: the new leader is taken without waiting for the
+/// question to the hung one to time out (here 32 s, past the test's wait).
+#[test]
+fn verify_does_not_wait_for_a_hung_leader_when_the_store_moves_on() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    etcd.put_v2(KEY, &m1.advertise(), None);
+    let proxy = verified(&etcd, &["--connect-timeout", "30s"]);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.advertise().as_str());
+    signal(m1.pid().expect("m1 runs"), "STOP");
+    // Setting the race up, not waiting for a result: the next re-check (every 100 ms)
+    // is then stuck on the frozen m1.
+    std::thread::sleep(Duration::from_millis(300));
+    etcd.put_v2(KEY, &m2.advertise(), None);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m2.advertise().as_str());
+    assert_eq!(served_by(&proxy), "m2");
+    signal(m1.pid().expect("m1 runs"), "CONT");
 }

@@ -95,13 +95,18 @@ impl LeaderSource for Verified {
         let mut told = Told::default();
         let mut next_check = Instant::now();
         let mut recheck = FIRST_RECHECK;
+        // An event that arrived while a manager was being asked.
+        let mut pending: Option<LeaderEvent> = None;
         loop {
-            let event = tokio::select! {
-                event = inner_rx.recv() => match event {
-                    Some(event) => Some(event),
-                    None => return,
+            let event = match pending.take() {
+                Some(event) => Some(event),
+                None => tokio::select! {
+                    event = inner_rx.recv() => match event {
+                        Some(event) => Some(event),
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(next_check), if claimed.is_some() => None,
                 },
-                _ = tokio::time::sleep_until(next_check), if claimed.is_some() => None,
             };
             match event {
                 Some(LeaderEvent::Leader(addr)) => {
@@ -129,7 +134,19 @@ impl LeaderSource for Verified {
             let Some(store) = claimed.clone() else {
                 continue;
             };
-            let check = verifier.check(&store).await;
+            // A manager that hangs (frozen, behind a dead link) must not hold up what the
+            // store says next: a new event drops the question, which is asked again after.
+            let check = tokio::select! {
+                check = verifier.check(&store) => check,
+                event = inner_rx.recv() => match event {
+                    Some(event) => {
+                        pending = Some(event);
+                        next_check = Instant::now();
+                        continue;
+                    }
+                    None => return,
+                },
+            };
             next_check = Instant::now()
                 + match check {
                     Check::Hold(_) => {
