@@ -133,6 +133,7 @@ impl Admin {
             "since": since,
             "changes": snapshot.changes,
             "source": self.router.source().as_str(),
+            "disagreement": snapshot.disagreement.as_deref(),
         });
         Response::builder()
             .header("Content-Type", "application/json")

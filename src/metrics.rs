@@ -34,6 +34,8 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Leader values ignored because they are not addresses.
     pub rejected_values: IntCounter,
+    /// `--verify-leader`: episodes in which the managers contradicted the store.
+    pub leader_disagreements: IntCounter,
     /// `--mode tcp` connections by how they ended up: `proxied` (relayed to a leader) or
     /// `refused` (closed without one: --hold-timeout, --max-held).
     pub l4_connections: IntCounterVec,
@@ -128,6 +130,11 @@ impl Metrics {
             "Leader values ignored because they are not addresses",
         )
         .expect("valid metric");
+        let leader_disagreements = IntCounter::new(
+            "leader_proxy_leader_disagreements_total",
+            "Episodes in which the managers contradicted the store's leader (--verify-leader)",
+        )
+        .expect("valid metric");
         let l4_connections = IntCounterVec::new(
             Opts::new(
                 "leader_proxy_l4_connections_total",
@@ -189,6 +196,7 @@ impl Metrics {
             Box::new(upstream_dials.clone()),
             Box::new(store_errors.clone()),
             Box::new(rejected_values.clone()),
+            Box::new(leader_disagreements.clone()),
             Box::new(l4_connections.clone()),
             Box::new(l4_open.clone()),
             Box::new(l4_bytes.clone()),
@@ -215,6 +223,7 @@ impl Metrics {
             upstream_dials,
             store_errors,
             rejected_values,
+            leader_disagreements,
             l4_connections,
             l4_open,
             l4_bytes,

@@ -4,15 +4,15 @@
 //! no allocation. Writes happen only when a [`LeaderEvent`] arrives, in [`Router::follow`].
 //! A request that finds no reachable leader waits with [`Router::wait_for_change`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::discovery::{LeaderAddr, LeaderEvent, Scheme};
+use crate::discovery::{AllowList, LeaderAddr, LeaderEvent, Scheme};
 use crate::metrics::Metrics;
 
 /// What the proxy believes about the election.
@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub changes: u64,
     /// Bumped whenever `leader` changes; held requests wait for it to move.
     pub generation: u64,
+    /// `--verify-leader`: how the managers contradict the store right now, if they do.
+    pub disagreement: Option<Arc<str>>,
 }
 
 pub struct Router {
@@ -78,7 +80,16 @@ pub struct Router {
     generation: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     source: Scheme,
+    /// `--allow-leader` (or the `static://` entries): a leader outside it is refused.
+    allow: AllowList,
+    /// The proxy's own client listeners, once bound: a leader that is one of them would send
+    /// every request back into the proxy (docs/failover.md#loops).
+    own: Mutex<Vec<SocketAddr>>,
 }
+
+/// How long the adoption of a new leader may wait for its name to resolve. The router
+/// applies events one at a time, so a stalled resolver would hold up every event after it.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Router {
     /// A router with no leader yet; `source` is the discovery scheme (shown by `/leader`;
@@ -92,6 +103,7 @@ impl Router {
             leaderless_since: Some(now),
             changes: 0,
             generation: 0,
+            disagreement: None,
         };
         metrics.set_state(State::NoLeader.as_str(), &State::NAMES);
         Self {
@@ -99,7 +111,21 @@ impl Router {
             generation: watch::channel(0).0,
             metrics,
             source,
+            allow: AllowList::default(),
+            own: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Refuses, from now on, every leader value `allow` does not allow (empty: none).
+    pub fn allowing(mut self, allow: AllowList) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    /// Tells the router where the proxy itself listens, so that a leader naming one of these
+    /// is refused. Called once the listeners are bound, before any event is applied.
+    pub fn set_own_listeners(&self, listeners: Vec<SocketAddr>) {
+        *self.own.lock().unwrap_or_else(|e| e.into_inner()) = listeners;
     }
 
     /// The current view: one atomic load.
@@ -145,9 +171,12 @@ impl Router {
     /// Applies one event. Public so tests and benchmarks can drive the router directly.
     pub async fn apply(&self, event: LeaderEvent) {
         match event {
-            LeaderEvent::Leader(name) => match resolve(&name).await {
+            LeaderEvent::Leader(name) => match self.check(&name).await {
                 Ok(socket) => self.adopt(Some(Arc::new(Upstream { name, socket })), State::Leader),
-                Err(reason) => self.reject(name.to_string(), &reason),
+                Err(reason) => {
+                    self.reject(name.to_string(), &reason);
+                    self.end_outage();
+                }
             },
             LeaderEvent::NoLeader => self.adopt(None, State::NoLeader),
             LeaderEvent::Degraded(reason) => {
@@ -162,21 +191,62 @@ impl Router {
                     });
                 }
             }
+            LeaderEvent::Disagreement(text) => {
+                if text.is_some() {
+                    self.metrics.leader_disagreements.inc();
+                }
+                let old = self.current();
+                self.store(Snapshot {
+                    disagreement: text.map(Arc::from),
+                    ..Snapshot::clone(&old)
+                });
+            }
             LeaderEvent::Rejected { value, reason } => {
                 self.reject(value, &reason.to_string());
-                // The store answered, so it is reachable again, even if what it holds is
-                // unusable: the last leader stays, the outage is over.
-                let old = self.current();
-                if old.state == State::Degraded {
-                    let state = if old.leader.is_some() {
-                        State::Leader
-                    } else {
-                        State::NoLeader
-                    };
-                    self.adopt(old.leader.clone(), state);
-                }
+                self.end_outage();
             }
         }
+    }
+
+    /// The store answered, so it is reachable again, even if what it holds is unusable:
+    /// the last leader stays, the outage is over.
+    fn end_outage(&self) {
+        let old = self.current();
+        if old.state == State::Degraded {
+            let state = if old.leader.is_some() {
+                State::Leader
+            } else {
+                State::NoLeader
+            };
+            self.adopt(old.leader.clone(), state);
+        }
+    }
+
+    /// Resolves a new leader and checks it may lead: inside the allow-list and not one of
+    /// the proxy's own listeners. Returns the address to dial, or why it is refused.
+    async fn check(&self, name: &LeaderAddr) -> Result<SocketAddr, String> {
+        let addresses = resolve(name).await?;
+        let ips: Vec<IpAddr> = addresses.iter().map(SocketAddr::ip).collect();
+        if !self.allow.allows(name, &ips) {
+            return Err(format!(
+                "{name} is not allowed by --allow-leader ({})",
+                self.allow
+            ));
+        }
+        let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(listener) = addresses
+            .iter()
+            .find_map(|a| own.iter().find(|l| is_same_socket(a, l)))
+        {
+            return Err(format!(
+                "{name} is this proxy's own listener {listener}: every request would come back \
+                 into the proxy"
+            ));
+        }
+        addresses
+            .first()
+            .copied()
+            .ok_or_else(|| format!("{name} resolves to no address"))
     }
 
     fn reject(&self, value: String, reason: &str) {
@@ -219,6 +289,7 @@ impl Router {
             leaderless_since,
             changes,
             generation,
+            disagreement: old.disagreement.clone(),
         });
     }
 
@@ -230,15 +301,37 @@ impl Router {
     }
 }
 
-/// Resolves a leader's host once, when it is adopted. A name that does not resolve cannot
-/// be dialled, so it is treated like any other unusable value: the last leader stays.
-async fn resolve(name: &LeaderAddr) -> Result<SocketAddr, String> {
-    let mut addrs = tokio::net::lookup_host((name.host(), name.port()))
+/// Resolves a leader's host once, when it is adopted, within [`RESOLVE_TIMEOUT`]. A name
+/// that does not resolve cannot be dialled, so it is treated like any other unusable value:
+/// the last leader stays.
+async fn resolve(name: &LeaderAddr) -> Result<Vec<SocketAddr>, String> {
+    let lookup = tokio::net::lookup_host((name.host(), name.port()));
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await
-        .map_err(|e| format!("cannot resolve {name}: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("{name} resolves to no address"))
+        .map_err(|_| format!("cannot resolve {name}: no answer in {RESOLVE_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{name} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// Whether a connection to `leader` would reach `listener`: the same port and the same
+/// address, or any address of this host when the listener is bound to all of them.
+fn is_same_socket(leader: &SocketAddr, listener: &SocketAddr) -> bool {
+    if leader.port() != listener.port() {
+        return false;
+    }
+    let ip = leader.ip().to_canonical();
+    let bound = listener.ip().to_canonical();
+    // Dialling 0.0.0.0 reaches this host, as a listener on 0.0.0.0 takes any of its addresses.
+    ip == bound || ip.is_unspecified() || (bound.is_unspecified() && is_local(ip))
+}
+
+/// An address of this host: a loopback address, or one a socket can be bound to.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 #[cfg(test)]
@@ -292,6 +385,22 @@ mod tests {
             "127.0.0.1:1001"
         );
         assert_eq!(now.changes, 1);
+    }
+
+    #[tokio::test]
+    async fn refuses_leaders_outside_the_allow_list_and_itself() {
+        let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
+        let router = router.allowing(AllowList::parse(&["127.0.0.1:1001,127.0.0.1:1003"]).unwrap());
+        router.set_own_listeners(vec!["0.0.0.0:1003".parse().unwrap()]);
+        router.apply(leader("127.0.0.1:1001")).await;
+        router.apply(leader("127.0.0.1:1002")).await;
+        router.apply(leader("127.0.0.1:1003")).await;
+        let now = router.current();
+        assert_eq!(
+            now.leader.as_ref().unwrap().name.to_string(),
+            "127.0.0.1:1001"
+        );
+        assert_eq!(router.metrics.rejected_values.get(), 2);
     }
 
     #[tokio::test]

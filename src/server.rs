@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::admin::Admin;
 use crate::config::{ConfigError, ListenAddr, Mode, Settings};
+use crate::discovery::verify::Verified;
 use crate::discovery::{source_for, LeaderSource, SourceError};
 use crate::limits;
 use crate::metrics::Metrics;
@@ -79,7 +80,11 @@ pub fn build(settings: Settings) -> Result<Start, StartError> {
         )),
         None => None,
     };
-    let source = source_for(settings.source_config(upstream_tls.clone()))?;
+    let config = settings.source_config(upstream_tls.clone());
+    let mut source = source_for(config.clone())?;
+    if settings.verify_leader {
+        source = Box::new(Verified::new(source, &config)?);
+    }
     Ok(Start {
         settings,
         source,
@@ -106,14 +111,15 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         metrics.count_dropped_log_lines(read);
     }
     let metrics = Arc::new(metrics);
-    let router = Arc::new(Router::new(settings.discovery.scheme(), metrics.clone()));
+    let router = Arc::new(
+        Router::new(settings.discovery.scheme(), metrics.clone())
+            .allowing(settings.allow_leader.clone()),
+    );
 
+    // The router follows the source once the listeners are bound (below), so that it can
+    // refuse a leader that is the proxy itself.
     let (events_tx, events_rx) = mpsc::channel(64);
     tokio::spawn(source.run(events_tx));
-    tokio::spawn({
-        let router = router.clone();
-        async move { router.follow(events_rx).await }
-    });
 
     let hold = Arc::new(Hold::new(
         router.clone(),
@@ -206,12 +212,14 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         );
     }
     let mut listeners = Vec::new();
+    let mut own = Vec::new();
     for listen in &settings.listen {
         match listen {
             ListenAddr::Tcp(addr) => {
                 let listener = bind_tcp(*addr)
                     .await
                     .with_context(|| format!("--listen {addr}"))?;
+                own.push(listener.local_addr().unwrap_or(*addr));
                 listeners.push(tokio::spawn(serve_tcp(
                     listener,
                     clients.clone(),
@@ -231,6 +239,12 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
             }
         }
     }
+
+    router.set_own_listeners(own);
+    tokio::spawn({
+        let router = router.clone();
+        async move { router.follow(events_rx).await }
+    });
 
     let admin = Arc::new(Admin::new(router.clone(), metrics, settings.hold_timeout));
     if let Some(addr) = settings.admin {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use leader_proxy::discovery::{source_for, Election, LeaderEvent, SourceError};
-use testkit::etcd::Etcd;
+use testkit::etcd::{Etcd, EtcdCluster};
 use testkit::source_events::{addr, config, dead_endpoint, marker, wait_until, Follower, WAIT};
 /// The v2 path of the leader key under the `swarm` prefix, as classic Swarm writes it.
 const V2_KEY: &str = "/swarm/docker/swarm/leader";
@@ -451,5 +451,53 @@ fn contenders_with_a_garbage_proposal_are_rejected() {
     });
     first.resign();
     assert!(second.wait_elected(WAIT).is_some());
+    f.expect(addr("127.0.0.1:2002"));
+}
+
+/// A member cut off from its peers still answers, with what it last knew; only a quorum
+/// read (after each watch window, and on each reconnect) shows it has no quorum. Then the
+/// store is degraded, the next endpoint is tried, and the leader the cluster elects once
+/// it has its quorum again is followed.
+#[test]
+fn v2_member_cut_off_from_its_peers_is_degraded_not_believed() {
+    let mut cluster = EtcdCluster::start();
+    cluster.put_v2(0, V2_KEY, "127.0.0.1:2001");
+    let url = format!(
+        "etcd://{},{},{}/swarm",
+        cluster.endpoint(0),
+        cluster.endpoint(1),
+        cluster.endpoint(2)
+    );
+    let mut f = Follower::start(config(&url, Election::Key, &[]));
+    f.expect(addr("127.0.0.1:2001"));
+
+    // e0 (the endpoint the source follows) keeps its client port; its peers are gone.
+    cluster.stop(1);
+    cluster.stop(2);
+    let reason = f.next_within(Duration::from_secs(60), "Degraded after the watch window");
+    assert!(matches!(reason, LeaderEvent::Degraded(_)), "{reason:?}");
+
+    cluster.restart(&[1, 2]);
+    f.expect(addr("127.0.0.1:2001"));
+    cluster.put_v2(1, V2_KEY, "127.0.0.1:2002");
+    f.expect(addr("127.0.0.1:2002"));
+}
+
+/// Whoever can write the key can write a huge value: the answer is read up to a cap (1 MiB),
+/// past it the store counts as failing, with a clear reason, and the last leader stays.
+#[test]
+fn v2_answer_past_the_cap_is_an_outage_not_a_leader() {
+    let etcd = Etcd::start();
+    etcd.put_v2(V2_KEY, "127.0.0.1:2001", None);
+    let mut f = Follower::start(config(
+        &format!("etcd://{}/swarm", etcd.endpoint()),
+        Election::Key,
+        &[],
+    ));
+    f.expect(addr("127.0.0.1:2001"));
+    etcd.put_v2(V2_KEY, &"x".repeat(1_100_000), None);
+    let reason = f.expect_degraded();
+    assert!(reason.contains("more than 1 MiB"), "{reason}");
+    etcd.put_v2(V2_KEY, "127.0.0.1:2002", None);
     f.expect(addr("127.0.0.1:2002"));
 }

@@ -75,7 +75,7 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
     let proxy = Proxy::start_with_open_files(1024, &[&url]);
     let (_, hard) = testkit::open_files::limits_of("self");
     assert_eq!(
-        proxy.open_files(),
+        proxy.open_files_limits(),
         (hard, hard),
         "the proxy's (soft, hard) open-files limits"
     );

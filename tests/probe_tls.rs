@@ -8,6 +8,7 @@
 //! failure named in the log), nor is one that refuses the proxy's client certificate, nor
 //! one asked in plain HTTP; one SIGHUP makes the probes use new files, as it does for the
 //! proxy. In `--mode tcp` the probes still speak TLS while the clients' TLS passes through.
+//! A store's leader is verified (`--verify-leader`) over the same TLS.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -289,4 +290,34 @@ fn tcp_mode_probes_over_tls_and_passes_the_clients_tls_through() {
         "{head}\n{}",
         proxy.log()
     );
+}
+
+/// `--verify-leader` asks over the same TLS: the store names m2's front, m2 (asked over a
+/// verified handshake) says it is a replica of m1, and m1, asked the same way, says
+/// primary: requests go to m1.
+#[test]
+fn verify_leader_asks_the_managers_over_tls() {
+    let etcd = testkit::etcd::Etcd::start();
+    let classic = ClassicManagers::start();
+    let certs = managers_ca("managers-ca");
+    let upstreams: Vec<_> = classic.m.managers.iter().map(|m| m.addr()).collect();
+    let fronts = fronts(&upstreams, &certs);
+    elect_classic(&classic, &fronts, 0);
+    etcd.put_v2(
+        testkit::etcd_proxy::KEY,
+        &fronts[1].addr().to_string(),
+        None,
+    );
+    let proxy = start_proxy(
+        Some(&certs.docker_cert_path()),
+        &[],
+        &format!("etcd://{}/p", etcd.endpoint()),
+    );
+    let leader = proxy.wait_for_leader(WAIT, is_leader(fronts[0].addr().to_string()));
+    assert!(leader["disagreement"].is_string(), "{leader}");
+    assert_eq!(served_by(&proxy, "/info"), "m1");
+    for i in [0, 1] {
+        assert!(fronts[i].handshakes() >= 1, "m{} was never asked", i + 1);
+        assert_eq!(fronts[i].failed_handshakes(), 0, "m{}", i + 1);
+    }
 }

@@ -50,7 +50,7 @@ use std::time::Duration;
 use clap::{ArgMatches, FromArgMatches};
 
 use self::cli::Cli;
-use crate::discovery::{DiscoveryUrl, Election, SourceConfig};
+use crate::discovery::{AllowList, DiscoveryUrl, Election, SourceConfig};
 use crate::proxy::drain::OnLeaderChange;
 pub use crate::tls::ClientTls;
 use crate::tls::{TlsError, UpstreamTls};
@@ -194,6 +194,10 @@ pub struct Settings {
     pub max_held: usize,
     pub connect_timeout: Duration,
     pub probe_interval: Duration,
+    /// `--allow-leader`, or a `static://` URL's entries; empty = every leader.
+    pub allow_leader: AllowList,
+    /// `--verify-leader`: the store's leader is checked with the manager itself.
+    pub verify_leader: bool,
     pub on_leader_change: OnLeaderChange,
     pub drain_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -265,6 +269,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.listen, [ListenAddr::Tcp("127.0.0.1:4".parse().unwrap())]);
+    }
+
+    #[test]
+    fn allow_leader_from_every_source_and_the_static_default() {
+        let f = file("allow-leader = [\"10.0.0.0/24\", \"m1:2375\"]\n");
+        let s = load(&["--config", path(&f), URL]).unwrap();
+        assert_eq!(s.allow_leader.to_string(), "10.0.0.0/24,m1:2375");
+        let s = load_env(&[URL], &[("LEADER_PROXY_ALLOW_LEADER", "m2,m3:1")]).unwrap();
+        assert_eq!(s.allow_leader.to_string(), "m2,m3:1");
+        let s = load(&["--allow-leader", "m4", "--allow-leader", "m5", URL]).unwrap();
+        assert_eq!(s.allow_leader.to_string(), "m4,m5");
+        assert!(load(&[URL]).unwrap().allow_leader.is_empty());
+        let s = load(&["static://h1:1,H2:2"]).unwrap();
+        assert_eq!(s.allow_leader.to_string(), "h1:1,h2:2");
+        let s = load(&["--allow-leader", "h3", "static://h1:1"]).unwrap();
+        assert_eq!(s.allow_leader.to_string(), "h3");
+        let e = load(&["--allow-leader", "10.0.0.0/40", URL])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--allow-leader") && e.contains("LEADER_PROXY_ALLOW_LEADER"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn verify_leader_is_on_for_stores_and_refused_for_managers() {
+        assert!(load(&[URL]).unwrap().verify_leader);
+        assert!(
+            !load(&["--verify-leader", "OFF", URL])
+                .unwrap()
+                .verify_leader
+        );
+        assert!(!load(&["static://h1:1"]).unwrap().verify_leader);
+        for url in ["static://h1:1", "swarm://h1:1"] {
+            let e = load(&["--verify-leader", "on", url]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--verify-leader"), "{e}");
+        }
+        assert!(load(&["--verify-leader", "maybe", URL]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::cli::Cli;
 use super::error::{invalid, ConfigError};
 use super::{policy, ListenAddr, LogFormat, Mode, Secret, Settings};
-use crate::discovery::{DiscoveryUrl, Election, Scheme};
+use crate::discovery::{AllowList, DiscoveryUrl, Election, LeaderAddr, Scheme};
 use crate::proxy::drain::OnLeaderChange;
 
 /// The defaults of docs/cli.md's table; `cli.rs` repeats them in the help text.
@@ -73,6 +73,8 @@ pub(super) fn resolve(
         defaults::PROBE_INTERVAL,
         false,
     )?;
+    let allow_leader = allow_leader(&cli.allow_leader, &discovery)?;
+    let verify_leader = verify_leader(cli.verify_leader, &discovery)?;
     let on_leader_change = one_of(
         "on-leader-change",
         cli.on_leader_change,
@@ -122,6 +124,8 @@ pub(super) fn resolve(
         max_held,
         connect_timeout,
         probe_interval,
+        allow_leader,
+        verify_leader,
         on_leader_change,
         drain_timeout,
         shutdown_grace,
@@ -138,6 +142,48 @@ pub(super) fn resolve(
 fn discovery(value: Option<String>) -> Result<DiscoveryUrl, ConfigError> {
     let value = value.ok_or(ConfigError::MissingDiscovery)?;
     DiscoveryUrl::parse(value.trim()).map_err(|reason| ConfigError::Discovery { value, reason })
+}
+
+/// `--allow-leader`; without it a `static://` URL allows its own entries (the only
+/// managers it asks), every other source any leader.
+fn allow_leader(values: &[String], discovery: &DiscoveryUrl) -> Result<AllowList, ConfigError> {
+    let allow = AllowList::parse(values)
+        .map_err(|reason| invalid("allow-leader", &values.join(","), reason.to_string()))?;
+    if !allow.is_empty() || discovery.scheme() != Scheme::Static {
+        return Ok(allow);
+    }
+    Ok(AllowList::of(
+        discovery
+            .hosts()
+            .iter()
+            .filter_map(|host| LeaderAddr::parse(host).ok()),
+    ))
+}
+
+/// `--verify-leader`: on by default for the stores; `swarm://` and `static://` ask the
+/// managers themselves, so the flag is refused with them.
+fn verify_leader(value: Option<String>, discovery: &DiscoveryUrl) -> Result<bool, ConfigError> {
+    let scheme = discovery.scheme();
+    if matches!(scheme, Scheme::Swarm | Scheme::Static) {
+        return match value {
+            None => Ok(false),
+            Some(value) => Err(invalid(
+                "verify-leader",
+                &value,
+                format!(
+                    "{}:// asks the managers who leads already; --verify-leader is for the \
+                     stores (etcd://, etcdv3://, zk://, consul://)",
+                    scheme.as_str()
+                ),
+            )),
+        };
+    }
+    one_of(
+        "verify-leader",
+        value,
+        &[("on", true), ("off", false)],
+        true,
+    )
 }
 
 fn listen(values: Vec<String>) -> Result<Vec<ListenAddr>, ConfigError> {

@@ -107,6 +107,7 @@ mod tests {
                 LeaderEvent::NoLeader => "none".into(),
                 LeaderEvent::Rejected { value, .. } => format!("rejected {value}"),
                 LeaderEvent::Degraded(_) => "degraded".into(),
+                LeaderEvent::Disagreement(_) => "disagreement".into(),
             });
         }
         assert_eq!(

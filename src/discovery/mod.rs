@@ -4,6 +4,7 @@
 //! its store's election into a stream of events and never touches the proxy; the proxy
 //! never knows which store is in use.
 
+mod allow;
 mod announce;
 pub mod backoff;
 /// The DISCOVERY URL and leader-value parsers, in the `leader-proxy-parsers` crate
@@ -11,6 +12,7 @@ pub mod backoff;
 pub use leader_proxy_parsers::{url, value};
 mod manager;
 mod store;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::tls::UpstreamTls;
 
+pub use self::allow::{AllowError, AllowList};
 use self::store::Followed;
 pub use self::url::{DiscoveryUrl, Scheme};
 pub use self::value::{LeaderAddr, ValueError};
@@ -43,6 +46,9 @@ pub enum LeaderEvent {
     Degraded(String),
     /// The store holds a value that is not an address. The last good leader is kept.
     Rejected { value: String, reason: ValueError },
+    /// `--verify-leader` ([`verify`]): the managers contradict the store (`Some`: how), or
+    /// agree with it again (`None`). Sent once per episode.
+    Disagreement(Option<String>),
 }
 
 /// How the leader is read from the store (`--election`).

@@ -24,7 +24,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::IO;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::client_identity::{self, ClientIdentity};
 use super::coalesce::Coalesced;
@@ -108,6 +108,13 @@ impl Front {
                     debug!(error = %e, "dropping client connection");
                     return;
                 }
+            };
+            let Ok(bytes) = super::hop::mark(bytes) else {
+                warn!("a request came back through this proxy: answering 508");
+                let message = "the request came back through this proxy (a loop: its leader \
+                               leads back to it) (leader-proxy)";
+                super::write_docker_error(&mut stream, 508, message).await;
+                return;
             };
             if upgrade {
                 match self.relay.relay(&mut stream, bytes, &client).await {

@@ -16,6 +16,7 @@ pub use leader_proxy_parsers::head;
 pub mod front;
 pub mod hijack;
 pub mod hold;
+pub mod hop;
 pub mod http;
 pub mod listener;
 pub mod proxy_protocol;

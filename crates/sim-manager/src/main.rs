@@ -30,6 +30,9 @@
 //!     `POST /_sim/state`, for the sources that ask managers instead of a store (`static://`,
 //!     `swarm://`); see `manual.rs`.
 //!
+//!   With `--info-says primary|replica:ADDR` its `GET /info` claims that role (and that
+//!   primary) whatever the election says: a manager that contradicts the store.
+//!
 //!   With `--observe` it runs in no election: it only follows it as a replica does and
 //!   prints each change of the leader the store names (`Store primary <unix µs> <address>`),
 //!   dated from the watch event that showed it. That is how a test learns when the store
@@ -129,6 +132,11 @@ struct Args {
     /// independent view of when the store named a new leader (see `State::set_primary`).
     #[arg(long)]
     observe: bool,
+    /// What `GET /info` claims, whatever the election says: `primary`, or `replica:ADDR` (a
+    /// replica naming ADDR as its primary). A manager that disagrees with the store, for
+    /// leader-proxy's `--verify-leader` tests.
+    #[arg(long, value_name = "primary|replica:ADDR")]
+    info_says: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -179,6 +187,8 @@ struct State {
     is_manual: bool,
     manual: RwLock<Manual>,
     state_file: Option<PathBuf>,
+    /// `--info-says`: the role and the primary `GET /info` claims instead of the truth.
+    info_says: Option<(&'static str, String)>,
 }
 
 fn unix_us() -> u64 {
@@ -904,6 +914,10 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
             .await
         }
         ("GET", "/info") => {
+            let claimed = st
+                .info_says
+                .clone()
+                .unwrap_or_else(|| (st.role(), st.primary()));
             let v = json!({
                 "Name": st.name,
                 "ID": format!("SIM:{}", st.name),
@@ -911,8 +925,8 @@ async fn route(conn: &mut Conn, st: &Arc<State>, head: Head) -> Result<Next> {
                 "Containers": 0,
                 "Images": 0,
                 "SystemStatus": [
-                    ["Role", st.role()],
-                    ["Primary", st.primary()],
+                    ["Role", claimed.0],
+                    ["Primary", claimed.1],
                     ["Strategy", "spread"],
                     ["Nodes", "0"],
                 ],
@@ -1126,6 +1140,18 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     }
 }
 
+/// `--info-says`: `primary` (naming itself) or `replica:ADDR`.
+fn info_says(value: Option<&str>, advertise: &str) -> Result<Option<(&'static str, String)>> {
+    match value {
+        None => Ok(None),
+        Some("primary") => Ok(Some(("primary", advertise.to_string()))),
+        Some(other) => match other.strip_prefix("replica:") {
+            Some(primary) if !primary.is_empty() => Ok(Some(("replica", primary.to_string()))),
+            _ => bail!("--info-says: expected primary or replica:ADDR, got {other:?}"),
+        },
+    }
+}
+
 async fn run(args: Args) -> Result<()> {
     let disc = parse_discovery(&args.discovery, &args.leader_key)?;
     if args.election == Election::Contenders && matches!(disc.kind, StoreKind::V2) {
@@ -1142,6 +1168,7 @@ async fn run(args: Args) -> Result<()> {
         out.flush()?;
     }
     let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
+    let info_says = info_says(args.info_says.as_deref(), &advertise)?;
     let st = Arc::new(State {
         name: args.name.clone(),
         advertise,
@@ -1155,6 +1182,7 @@ async fn run(args: Args) -> Result<()> {
         is_manual: matches!(disc.kind, StoreKind::Manual),
         manual: RwLock::new(manual_load(args.state.as_ref())),
         state_file: args.state.clone(),
+        info_says,
     });
     info!(name = %st.name, listen = %local, advertise = %st.advertise, key = %disc.key,
           election = ?args.election, ttl = args.ttl, "sim-manager started");

@@ -656,3 +656,152 @@ fn json_number(json: &str, name: &str) -> Option<u64> {
         .collect();
     digits.parse().ok()
 }
+
+/// Three real etcd members forming one cluster (the v2 API enabled), each with its own free
+/// ports and data dir, all killed on drop: for what only a cluster shows, a member cut off
+/// from its peers (stop the other two: it keeps its client port, loses its quorum).
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+struct Member {
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl EtcdCluster {
+    /// Starts the three members and waits until each is healthy (the cluster has a leader).
+    pub fn start() -> EtcdCluster {
+        require("etcd");
+        let dir = tempfile::Builder::new()
+            .prefix("leader-proxy-etcd-cluster-")
+            .tempdir()
+            .expect("create a temp dir for the etcd cluster");
+        let ports = free_ports(6);
+        let mut cluster = EtcdCluster {
+            members: (0..3)
+                .map(|i| Member {
+                    child: None,
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                })
+                .collect(),
+            dir,
+        };
+        // All three at once: none is healthy before a majority runs.
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("e{i}=http://127.0.0.1:{}", m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial_cluster = self.initial_cluster();
+        let member_dir = self.dir.path().join(format!("e{i}"));
+        std::fs::create_dir_all(&member_dir).expect("create a member dir");
+        let log = server_process::open_log(&member_dir.join(LOG), "etcd");
+        let (client, peer) = (
+            format!("http://127.0.0.1:{}", self.members[i].client_port),
+            format!("http://127.0.0.1:{}", self.members[i].peer_port),
+        );
+        let child = Command::new("etcd")
+            .arg("--enable-v2")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(member_dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run etcd ({e}); install it: {INSTALL}"));
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let child = self.members[i].child.take().expect("a running member");
+        let port = self.members[i].client_port;
+        let log_path = self.dir.path().join(format!("e{i}")).join(LOG);
+        let child = server_process::wait_ready(
+            child,
+            "etcd",
+            "etcd member not healthy",
+            START_TIMEOUT,
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+            || {
+                http(port, "GET", "/health", None, None)
+                    .is_ok_and(|reply| reply.status == 200 && reply.body.contains("\"true\""))
+            },
+        )
+        .unwrap_or_else(|log| panic!("etcd member e{i} did not start:\n{log}"));
+        self.members[i].child = Some(child);
+    }
+
+    /// `127.0.0.1:PORT` of member `i`'s client listener.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Kills member `i` (SIGKILL), keeping its data for [`Self::restart`].
+    pub fn stop(&mut self, i: usize) {
+        server_process::kill(&mut self.members[i].child);
+    }
+
+    /// Starts the stopped members `which` again with their data, and waits until each is
+    /// healthy.
+    pub fn restart(&mut self, which: &[usize]) {
+        for &i in which {
+            self.spawn(i);
+        }
+        for &i in which {
+            self.wait_healthy(i);
+        }
+    }
+
+    /// Sets a v2 key through member `i` (which needs its quorum).
+    pub fn put_v2(&self, i: usize, key: &str, value: &str) {
+        let path = format!("/v2/keys/{}", key.trim_start_matches('/'));
+        let form = format!("value={}", form_escape(value));
+        let reply = http(
+            self.members[i].client_port,
+            "PUT",
+            &path,
+            Some(("application/x-www-form-urlencoded", &form)),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("etcd v2 PUT {key} on e{i}: {e}"));
+        assert!(
+            reply.status == 200 || reply.status == 201,
+            "etcd v2 PUT {key} on e{i}: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            server_process::kill(&mut member.child);
+        }
+    }
+}

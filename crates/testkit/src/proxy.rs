@@ -121,13 +121,20 @@ impl Proxy {
     }
 
     /// The proxy's open-files limits now, `(soft, hard)`, from `/proc/PID/limits`.
-    pub fn open_files(&self) -> (u64, u64) {
+    pub fn open_files_limits(&self) -> (u64, u64) {
         crate::open_files::limits_of(&self.child.id().to_string())
     }
 
     /// The proxy's process id (to send it SIGHUP).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many files the proxy process has open now (`/proc/PID/fd`).
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("read /proc/PID/fd of the proxy")
+            .count()
     }
 
     pub fn url(&self, path: &str) -> String {

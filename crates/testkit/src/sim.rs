@@ -73,6 +73,9 @@ pub struct SimOptions {
     pub leader_key: Option<String>,
     /// `--discovery manual`: where the hand-set state is kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// `--info-says`: what `GET /info` claims (`primary`, `replica:ADDR`) whatever the
+    /// election says.
+    pub info_says: Option<String>,
 }
 
 impl SimOptions {
@@ -88,6 +91,7 @@ impl SimOptions {
             advertise: None,
             leader_key: None,
             state_file: None,
+            info_says: None,
         }
     }
 
@@ -104,6 +108,13 @@ impl SimOptions {
     /// Listens on `addr` (a restart keeps it anyway).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Makes `GET /info` claim `says` (`primary`, `replica:ADDR`) whatever the election
+    /// says: a manager that disagrees with the store.
+    pub fn info_says(mut self, says: &str) -> Self {
+        self.info_says = Some(says.to_string());
         self
     }
 
@@ -258,6 +269,9 @@ fn spawn(
     }
     if let Some(k) = &opts.leader_key {
         cmd.args(["--leader-key", k]);
+    }
+    if let Some(says) = &opts.info_says {
+        cmd.args(["--info-says", says]);
     }
     if let Some(path) = &opts.state_file {
         cmd.arg("--state").arg(path);

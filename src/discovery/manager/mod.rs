@@ -23,7 +23,7 @@
 //! `--tlsverify`. A failed handshake is a failure like a refused connection (the manager
 //! is skipped; none answering is an outage), named as a TLS failure in the events and logs.
 
-pub(super) mod static_probe;
+pub(in crate::discovery) mod static_probe;
 pub(super) mod swarm;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,6 +60,17 @@ pub(in crate::discovery) struct Manager {
     pub addr: LeaderAddr,
     /// `http://host:port` (`https://` with TLS), the base of every request.
     base: String,
+}
+
+impl Manager {
+    /// A manager spoken to over TLS if `tls`.
+    pub fn new(addr: LeaderAddr, tls: bool) -> Self {
+        let scheme = if tls { "https" } else { "http" };
+        Self {
+            base: format!("{scheme}://{addr}"),
+            addr,
+        }
+    }
 }
 
 /// The managers of `url`, in the URL's order, spoken to over TLS if `tls`.
@@ -233,6 +244,8 @@ fn client(
     let builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .no_proxy()
+        // A manager answering with a redirect is not answering the question.
+        .redirect(reqwest::redirect::Policy::none())
         .http1_only()
         .tcp_nodelay(true);
     match tls {
@@ -535,6 +548,7 @@ mod tests {
                 LeaderEvent::NoLeader => "none".into(),
                 LeaderEvent::Rejected { value, .. } => format!("rejected {value}"),
                 LeaderEvent::Degraded(reason) => format!("degraded {reason}"),
+                LeaderEvent::Disagreement(_) => "disagreement".into(),
             });
         }
         assert_eq!(

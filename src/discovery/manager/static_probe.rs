@@ -81,10 +81,10 @@ struct StaticPoller {
 
 /// What one manager says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Status {
-    primary: bool,
+pub(in crate::discovery) struct Status {
+    pub primary: bool,
     /// Who it names as `Primary` (empty or unparsable: nobody).
-    names: Option<LeaderAddr>,
+    pub names: Option<LeaderAddr>,
 }
 
 #[async_trait]
@@ -212,7 +212,7 @@ impl StaticPoller {
 }
 
 /// Reads `SystemStatus` Role and Primary from a classic Swarm `GET /info` answer.
-fn read_info(body: &[u8]) -> Result<Status, Garbage> {
+pub(in crate::discovery) fn read_info(body: &[u8]) -> Result<Status, Garbage> {
     let garbage = |why: String| Garbage {
         value: excerpt(body),
         reason: ValueError::Answer(format!("GET /info: {why}")),

@@ -161,7 +161,7 @@ impl ConsulSource {
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = response.bytes().await.map_err(|e| Stop::store(&e))?;
+        let body = super::http::body(response, "Consul").await?;
         let leader = match status {
             StatusCode::OK => Some(self.leader_value(&body)?),
             StatusCode::NOT_FOUND => None,

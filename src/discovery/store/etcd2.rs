@@ -22,9 +22,11 @@ use crate::discovery::REPLY_TIMEOUT;
 use crate::discovery::{Election, SourceConfig, SourceError};
 
 /// A v2 watch can stay silent for hours, and a store that vanished without closing the
-/// connection (power loss, partition) would leave it silent forever: re-issuing the watch
-/// this often bounds how long such an outage goes unnoticed.
-const WATCH_WINDOW: Duration = Duration::from_secs(60);
+/// connection (power loss, partition) would leave it silent forever; a member cut off from
+/// its peers keeps answering watches with what it last knew. After each window the key is
+/// read again with a quorum read, which such a member cannot answer: this bounds how long
+/// either goes unnoticed.
+const WATCH_WINDOW: Duration = Duration::from_secs(10);
 
 /// etcd v2 error codes that are not failures of the store.
 const KEY_NOT_FOUND: u64 = 100;
@@ -94,7 +96,7 @@ impl Etcd2Source {
             .map_err(|e| Stop::store(&e))?;
         let index = etcd_index(&response);
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| Stop::store(&e))?;
+        let body = super::http::body(response, "etcd").await?;
         let reply = Reply::parse(status, &body)?;
         match reply.error_code {
             Some(KEY_NOT_FOUND) => {
@@ -126,10 +128,11 @@ impl Etcd2Source {
             Ok(response) => response.map_err(|e| Stop::store(&e))?,
         };
         let status = response.status();
-        let body = match tokio::time::timeout(WATCH_WINDOW, response.bytes()).await {
-            Err(_) => return Ok(Watched::Idle),
-            Ok(body) => body.map_err(|e| Stop::store(&e))?,
-        };
+        let body =
+            match tokio::time::timeout(WATCH_WINDOW, super::http::body(response, "etcd")).await {
+                Err(_) => return Ok(Watched::Idle),
+                Ok(body) => body?,
+            };
         let reply = Reply::parse(status, &body)?;
         match reply.error_code {
             Some(INDEX_CLEARED) => Ok(Watched::Cleared),
@@ -187,7 +190,10 @@ impl Session for Etcd2Source {
                             debug!(%action, "unexpected action on the leader key; reading it again");
                             continue 'read;
                         }
-                        Watched::Idle => debug!(wait_index, "watch window over; watching again"),
+                        Watched::Idle => {
+                            debug!(wait_index, "watch window over; a quorum read, then watching again");
+                            continue 'read;
+                        }
                         Watched::Cleared => {
                             // More than 1000 writes to the store since `wait_index`: what
                             // happened to the key in between is gone, but its state is not.

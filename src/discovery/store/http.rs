@@ -4,8 +4,13 @@
 use std::time::Duration;
 
 use super::tls::StoreTls;
+use super::Stop;
 use crate::discovery::SourceError;
 use crate::keepalive;
+
+/// The largest answer read from a store. A leader key's answer is a few hundred bytes;
+/// anything past this is not an answer worth parsing, and memory stays bounded.
+pub(super) const MAX_ANSWER: usize = 1 << 20;
 
 /// The key's URL on every endpoint, and the client to ask them with.
 pub(super) struct HttpStore {
@@ -41,7 +46,10 @@ impl HttpStore {
         // A watch may be silent for minutes: the keepalive settings notice a store host that
         // disappeared mid-watch (power loss, partition) within about a minute; a clean
         // shutdown is noticed at once anyway.
+        // A redirect is not followed: it would carry the credentials (`X-Consul-Token`,
+        // etcd's basic auth) to whatever host the answer names.
         let client = builder
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .tcp_keepalive(keepalive::IDLE)
             .tcp_keepalive_interval(keepalive::INTERVAL)
@@ -50,4 +58,20 @@ impl HttpStore {
             .map_err(|e| SourceError::Unsupported(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self { urls, client })
     }
+}
+
+/// The whole body of `response`, at most [`MAX_ANSWER`] bytes: a larger one is a failure of
+/// the store (`store` names it), and the last leader is kept.
+pub(super) async fn body(mut response: reqwest::Response, store: &str) -> Result<Vec<u8>, Stop> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| Stop::store(&e))? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(Stop::Store(format!(
+                "{store} answered more than {} MiB: not a leader key's answer",
+                MAX_ANSWER >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

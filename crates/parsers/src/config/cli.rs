@@ -187,6 +187,31 @@ pub struct Cli {
     #[serde(deserialize_with = "super::file::discovery_opt")]
     pub discovery_opt: Vec<Secret>,
 
+    /// Managers the leader may be, repeatable or comma-separated: HOST (any port),
+    /// HOST:PORT, or a CIDR block (every address the leader resolves to must be inside). A
+    /// leader outside the list is refused and the last good one kept. [default: every
+    /// address; static:// its entries]
+    #[arg(
+        long,
+        value_name = "LIST",
+        action = ArgAction::Append,
+        env = "LEADER_PROXY_ALLOW_LEADER",
+        help_heading = "Election"
+    )]
+    pub allow_leader: Vec<String>,
+
+    /// Ask the manager the store names (GET /info, Role/Primary) before routing to it and
+    /// every --probe-interval while it leads; a replica naming a confirmed primary is routed
+    /// past, no confirmed primary holds requests. Not for swarm:// or static://, which ask
+    /// the managers already. [default: on for etcd://, etcdv3://, zk://, consul://]
+    #[arg(
+        long,
+        value_name = "on|off",
+        env = "LEADER_PROXY_VERIFY_LEADER",
+        help_heading = "Election"
+    )]
+    pub verify_leader: Option<String>,
+
     /// How often swarm:// and static:// managers are polled. [default: 500ms]
     #[arg(
         long,
