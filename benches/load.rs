@@ -17,7 +17,8 @@
 //! Not a test: it asserts nothing but that every request succeeded. Run with `scripts/bench`
 //! (or `cargo bench --bench load`). `LOAD_ROUNDS`, `LOAD_SECONDS` and `LOAD_ONLY` (a
 //! substring of a row's name, e.g. `L7 ping`) shorten it while working on one path; the
-//! numbers in the README come from a full run.
+//! numbers in the README come from a full run. `LOAD_BEFORE=PATH` adds a leader-proxy
+//! binary of an earlier commit to every round, for before/after ratios from one run.
 
 use std::time::Duration;
 
@@ -35,16 +36,15 @@ const CONNECTIONS: u32 = 64;
 /// Seconds per sequential split-write run.
 const SPLIT_SECONDS: u64 = 5;
 
-/// One row of the comparison: a mode, a body and a connection policy.
+/// One row of the comparison: a mode, a body and a connection policy, and the targets
+/// loaded for it: HAProxy, leader-proxy, and the "before" build when one is given.
 struct Case {
     name: String,
     path: &'static str,
     close: bool,
-    /// HAProxy's address and leader-proxy's for this mode.
-    haproxy: String,
-    proxy: String,
-    anchor: Vec<LoadResult>,
-    ours: Vec<LoadResult>,
+    /// `(label, address)` per target; `results[i]` are target `i`'s rounds.
+    targets: Vec<(&'static str, String)>,
+    results: Vec<Vec<LoadResult>>,
 }
 
 fn main() {
@@ -59,6 +59,9 @@ fn main() {
     let rounds = env_number("LOAD_ROUNDS", ROUNDS as u64) as usize;
     let seconds = env_number("LOAD_SECONDS", SECONDS);
     let only = std::env::var("LOAD_ONLY").unwrap_or_default();
+    // `LOAD_BEFORE=PATH`: a leader-proxy binary of an earlier commit, loaded in the same
+    // rounds, for before/after ratios from one run.
+    let before_bin = std::env::var_os("LOAD_BEFORE").map(std::path::PathBuf::from);
 
     let etcd = Etcd::start();
     let nginx = Nginx::start();
@@ -73,28 +76,50 @@ fn main() {
 
     let l7 = BenchProxy::start(&[&store("load")]);
     let l4 = BenchProxy::start(&["--mode", "tcp", &store("load")]);
+    let before = before_bin.as_ref().map(|bin| {
+        (
+            BenchProxy::start_binary(bin, &[&store("load")]),
+            BenchProxy::start_binary(bin, &["--mode", "tcp", &store("load")]),
+        )
+    });
     let haproxy_http = Haproxy::start(HaproxyMode::Http, nginx.addr());
     let haproxy_tcp = Haproxy::start(HaproxyMode::Tcp, nginx.addr());
-    for proxy in [&l7, &l4] {
+    for proxy in [
+        Some(&l7),
+        Some(&l4),
+        before.as_ref().map(|b| &b.0),
+        before.as_ref().map(|b| &b.1),
+    ]
+    .into_iter()
+    .flatten()
+    {
         wait_until_serving(&format!("http://{}/_ping", proxy.addr()));
     }
 
     let mut cases = Vec::new();
-    for (mode, haproxy, proxy) in [("L7", &haproxy_http, &l7), ("L4", &haproxy_tcp, &l4)] {
+    for (mode, haproxy, proxy, old) in [
+        ("L7", &haproxy_http, &l7, before.as_ref().map(|b| &b.0)),
+        ("L4", &haproxy_tcp, &l4, before.as_ref().map(|b| &b.1)),
+    ] {
         for (body, path) in [("ping", "/_ping"), ("64k", "/64k")] {
             for (conn, close) in [("keep-alive", false), ("close", true)] {
                 let name = format!("{mode} {body} {conn}");
                 if !name.contains(&only) {
                     continue;
                 }
+                let mut targets = vec![
+                    ("HAProxy", haproxy.addr().to_string()),
+                    ("leader-proxy", proxy.addr().to_string()),
+                ];
+                if let Some(old) = old {
+                    targets.push(("before", old.addr().to_string()));
+                }
                 cases.push(Case {
                     name,
                     path,
                     close,
-                    haproxy: haproxy.addr().to_string(),
-                    proxy: proxy.addr().to_string(),
-                    anchor: Vec::new(),
-                    ours: Vec::new(),
+                    results: vec![Vec::new(); targets.len()],
+                    targets,
                 });
             }
         }
@@ -102,54 +127,67 @@ fn main() {
 
     println!(
         "load: wrk -t1 -c{CONNECTIONS}, {rounds} rounds of {seconds} s per target and case, \
-         HAProxy {} and leader-proxy interleaved",
-        haproxy_version()
+         HAProxy {}, leader-proxy{} interleaved",
+        haproxy_version(),
+        if before.is_some() {
+            " and its before build"
+        } else {
+            ""
+        }
     );
     for round in 0..rounds {
         for case in &mut cases {
-            let haproxy_url = format!("http://{}{}", case.haproxy, case.path);
-            let proxy_url = format!("http://{}{}", case.proxy, case.path);
-            let load = |url: &str| {
+            let n = case.targets.len();
+            // A different target goes first each round, so none always runs on the warmer
+            // (or the more loaded) machine.
+            for k in 0..n {
+                let i = (k + round) % n;
+                let url = format!("http://{}{}", case.targets[i].1, case.path);
                 let result = Load {
-                    url,
+                    url: &url,
                     connections: CONNECTIONS,
                     duration: Duration::from_secs(seconds),
                     close: case.close,
                 }
                 .run();
                 assert_eq!(result.errors, 0, "{url}: {result:?}");
-                result
-            };
-            // Alternate who goes first, so neither always runs on the warmer machine.
-            if round % 2 == 0 {
-                case.anchor.push(load(&haproxy_url));
-                case.ours.push(load(&proxy_url));
-            } else {
-                case.ours.push(load(&proxy_url));
-                case.anchor.push(load(&haproxy_url));
+                case.results[i].push(result);
             }
+            let line: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "{} {:>8.0} req/s",
+                        case.targets[i].0, case.results[i][round].requests_per_sec
+                    )
+                })
+                .collect();
             println!(
-                "  round {}: {:<20} HAProxy {:>8.0} req/s  leader-proxy {:>8.0} req/s",
+                "  round {}: {:<20} {}",
                 round + 1,
                 case.name,
-                case.anchor[round].requests_per_sec,
-                case.ours[round].requests_per_sec
+                line.join("  ")
             );
         }
     }
 
     println!();
+    let with_before = before.is_some();
     println!(
-        "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio |"
+        "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio |{}",
+        if with_before { " before req/s | before p99 | before: req/s ratio, p99 ratio |" } else { "" }
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "|---|---|---|---|---|---|---|{}",
+        if with_before { "---|---|---|" } else { "" }
+    );
     for case in &cases {
         let rps = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.requests_per_sec));
         let p50 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p50 * 1e3));
         let p99 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p99 * 1e3));
-        let (a_rps, o_rps) = (rps(&case.anchor), rps(&case.ours));
-        let (a_p99, o_p99) = (p99(&case.anchor), p99(&case.ours));
-        println!(
+        let (anchor, ours) = (&case.results[0], &case.results[1]);
+        let (a_rps, o_rps) = (rps(anchor), rps(ours));
+        let (a_p99, o_p99) = (p99(anchor), p99(ours));
+        let mut row = format!(
             "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | **{:.2}×** | {:.2} / {:.2} ms ({:.2}–{:.2}) | {:.2} / {:.2} ms ({:.2}–{:.2}) | **{:.2}×** |",
             case.name,
             a_rps.median,
@@ -159,39 +197,64 @@ fn main() {
             o_rps.min,
             o_rps.max,
             o_rps.median / a_rps.median,
-            p50(&case.anchor).median,
+            p50(anchor).median,
             a_p99.median,
             a_p99.min,
             a_p99.max,
-            p50(&case.ours).median,
+            p50(ours).median,
             o_p99.median,
             o_p99.min,
             o_p99.max,
             o_p99.median / a_p99.median,
         );
+        if let Some(old) = case.results.get(2) {
+            let (b_rps, b_p99) = (rps(old), p99(old));
+            row.push_str(&format!(
+                " {:.0} ({:.0}–{:.0}) | {:.2} ms | {:.2}×, {:.2}× |",
+                b_rps.median,
+                b_rps.min,
+                b_rps.max,
+                b_p99.median,
+                b_rps.median / a_rps.median,
+                b_p99.median / a_p99.median,
+            ));
+        }
+        println!("{row}");
     }
 
     if "split-write".contains(&only) || only.is_empty() {
-        split_write(&split, &store("split"), rounds);
+        split_write(&split, &store("split"), rounds, before_bin.as_deref());
     }
     drop((l7, l4));
 }
 
 /// Sequential requests to the split-write upstream: direct (the anchor), through HAProxy
 /// (`mode http`), through leader-proxy in L7 and L4.
-fn split_write(split: &SplitWriteServer, store: &str, rounds: usize) {
+fn split_write(
+    split: &SplitWriteServer,
+    store: &str,
+    rounds: usize,
+    before_bin: Option<&std::path::Path>,
+) {
     let l7 = BenchProxy::start(&[store]);
     let l4 = BenchProxy::start(&["--mode", "tcp", store]);
+    let before = before_bin.map(|bin| BenchProxy::start_binary(bin, &[store]));
     let haproxy = Haproxy::start(HaproxyMode::Http, split.addr());
-    for proxy in [&l7, &l4] {
+    for proxy in [Some(&l7), Some(&l4), before.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         wait_until_serving(&format!("http://{}/", proxy.addr()));
     }
-    let targets = [
+    let mut targets = vec![
         ("direct", split.addr().to_string()),
         ("HAProxy L7", haproxy.addr().to_string()),
         ("leader-proxy L7", l7.addr().to_string()),
         ("leader-proxy L4", l4.addr().to_string()),
     ];
+    if let Some(before) = &before {
+        targets.push(("before L7", before.addr().to_string()));
+    }
     let mut medians: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
         for (i, (_, addr)) in targets.iter().enumerate() {

@@ -97,7 +97,7 @@ impl Front {
                 head = tokio::time::timeout(KEEPALIVE_IDLE, read_head(&mut stream)) => head,
                 _ = shutdown.changed() => return,
             };
-            let (bytes, upgrade) = match head {
+            let (mut bytes, upgrade) = match head {
                 Ok(Ok(Head::Request { bytes, upgrade })) => (bytes, upgrade),
                 Ok(Ok(Head::Closed)) | Err(_) => return,
                 Ok(Err(e)) => {
@@ -109,6 +109,14 @@ impl Front {
                     return;
                 }
             };
+            // Empty lines before the request line are to be ignored (RFC 9112, 2.2): they go
+            // no further, so the hop marker and the hijack relay parse the head from its
+            // first byte (pingora would skip them too).
+            let blank = bytes
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            let _ = bytes.split_to(blank);
             let Ok(bytes) = super::hop::mark(bytes) else {
                 warn!("a request came back through this proxy: answering 508");
                 let message = "the request came back through this proxy (a loop: its leader \

@@ -277,16 +277,21 @@ impl BenchProxy {
     /// Starts `leader-proxy --listen 127.0.0.1:PORT --admin 127.0.0.1:PORT2 ARGS…` and waits
     /// until it accepts connections.
     pub fn start(args: &[&str]) -> BenchProxy {
-        Self::launch(args, false)
+        Self::launch(&crate::bins::leader_proxy(), args, false)
+    }
+
+    /// [`Self::start`] with another build of the proxy (a benchmark's "before").
+    pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> BenchProxy {
+        Self::launch(binary, args, false)
     }
 
     /// [`Self::start`] with stderr a pipe that is never read: once the pipe is full, every
     /// log write blocks (the proxy's log writer must, the requests must not).
     pub fn start_with_stalled_log(args: &[&str]) -> BenchProxy {
-        Self::launch(args, true)
+        Self::launch(&crate::bins::leader_proxy(), args, true)
     }
 
-    fn launch(args: &[&str], stalled_log: bool) -> BenchProxy {
+    fn launch(binary: &std::path::Path, args: &[&str], stalled_log: bool) -> BenchProxy {
         let dir = tempfile::Builder::new()
             .prefix("lp-bench-")
             .tempdir()
@@ -300,7 +305,7 @@ impl BenchProxy {
         } else {
             Stdio::from(crate::server_process::open_log(&log_path, "leader-proxy"))
         };
-        let child = Command::new(crate::bins::leader_proxy())
+        let child = Command::new(binary)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--admin")
