@@ -24,6 +24,7 @@ pub mod open_files;
 pub mod programs;
 pub mod proxy;
 pub mod server_process;
+pub mod silent_dns;
 pub mod sim;
 pub mod sockets;
 pub mod source_events;
