@@ -23,6 +23,7 @@ pub mod nginx;
 pub mod open_files;
 pub mod programs;
 pub mod proxy;
+pub mod redirect;
 pub mod server_process;
 pub mod silent_dns;
 pub mod sim;
