@@ -87,8 +87,8 @@ pub struct Router {
     own: Mutex<Vec<SocketAddr>>,
 }
 
-/// How long the adoption of a new leader may wait for its name to resolve. The router
-/// applies events one at a time, so a stalled resolver would hold up every event after it.
+/// How long the lookup of a new leader's name may take. It runs off the router's event path
+/// ([`Router::follow`]), so this bounds only how long an unanswered name stays pending.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Router {
@@ -162,22 +162,63 @@ impl Router {
     }
 
     /// Applies the events of a [`crate::discovery::LeaderSource`] until it stops.
+    ///
+    /// A leader named by a host name is looked up in a task of its own, so a slow resolver
+    /// holds up no event behind it: the next event is applied at once and supersedes the
+    /// lookup, whose answer, when it comes, is logged and dropped
+    /// (docs/architecture.md, "The path of a leader value").
     pub async fn follow(&self, mut events: mpsc::Receiver<LeaderEvent>) {
-        while let Some(event) = events.recv().await {
-            self.apply(event).await;
+        let (answers_tx, mut answers) = mpsc::unbounded_channel::<Lookup>();
+        // Events applied so far; a lookup answers for the event it was started for.
+        let mut applied: u64 = 0;
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { return };
+                    if !matches!(event, LeaderEvent::Disagreement(_)) {
+                        applied += 1;
+                    }
+                    match event {
+                        LeaderEvent::Leader(name) if !is_ip_literal(&name) => {
+                            info!("looking up the leader's name {name}");
+                            let answers = answers_tx.clone();
+                            let event = applied;
+                            tokio::spawn(async move {
+                                let addresses = resolve(&name).await;
+                                let _ = answers.send(Lookup { event, name, addresses });
+                            });
+                        }
+                        event => self.apply(event).await,
+                    }
+                }
+                Some(lookup) = answers.recv() => {
+                    if lookup.event == applied {
+                        self.settle(lookup.name, lookup.addresses);
+                    } else {
+                        let outcome = match &lookup.addresses {
+                            Ok(addresses) => format!("{addresses:?}"),
+                            Err(reason) => reason.clone(),
+                        };
+                        info!(
+                            name = %lookup.name,
+                            %outcome,
+                            "a newer event superseded this lookup of the leader's name; its \
+                             answer is ignored"
+                        );
+                    }
+                }
+            }
         }
     }
 
-    /// Applies one event. Public so tests and benchmarks can drive the router directly.
+    /// Applies one event, resolving a leader's name in line. Public so tests and benchmarks
+    /// can drive the router directly; [`Router::follow`] resolves names off its event path.
     pub async fn apply(&self, event: LeaderEvent) {
         match event {
-            LeaderEvent::Leader(name) => match self.check(&name).await {
-                Ok(socket) => self.adopt(Some(Arc::new(Upstream { name, socket })), State::Leader),
-                Err(reason) => {
-                    self.reject(name.to_string(), &reason);
-                    self.end_outage();
-                }
-            },
+            LeaderEvent::Leader(name) => {
+                let addresses = resolve(&name).await;
+                self.settle(name, addresses);
+            }
             LeaderEvent::NoLeader => self.adopt(None, State::NoLeader),
             LeaderEvent::Degraded(reason) => {
                 self.metrics.store_errors.inc();
@@ -208,6 +249,18 @@ impl Router {
         }
     }
 
+    /// Adopts the leader `name` once its lookup answered `addresses`, if it may lead;
+    /// otherwise refuses it like garbage and keeps the last leader.
+    fn settle(&self, name: LeaderAddr, addresses: Result<Vec<SocketAddr>, String>) {
+        match addresses.and_then(|addresses| self.check(&name, &addresses)) {
+            Ok(socket) => self.adopt(Some(Arc::new(Upstream { name, socket })), State::Leader),
+            Err(reason) => {
+                self.reject(name.to_string(), &reason);
+                self.end_outage();
+            }
+        }
+    }
+
     /// The store answered, so it is reachable again, even if what it holds is unusable:
     /// the last leader stays, the outage is over.
     fn end_outage(&self) {
@@ -222,10 +275,9 @@ impl Router {
         }
     }
 
-    /// Resolves a new leader and checks it may lead: inside the allow-list and not one of
-    /// the proxy's own listeners. Returns the address to dial, or why it is refused.
-    async fn check(&self, name: &LeaderAddr) -> Result<SocketAddr, String> {
-        let addresses = resolve(name).await?;
+    /// Checks a new leader, which resolved to `addresses`, may lead: inside the allow-list and
+    /// not one of the proxy's own listeners. Returns the address to dial, or why it is refused.
+    fn check(&self, name: &LeaderAddr, addresses: &[SocketAddr]) -> Result<SocketAddr, String> {
         let ips: Vec<IpAddr> = addresses.iter().map(SocketAddr::ip).collect();
         if !self.allow.allows(name, &ips) {
             return Err(format!(
@@ -315,6 +367,19 @@ async fn resolve(name: &LeaderAddr) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("{name} resolves to no address"));
     }
     Ok(addrs)
+}
+
+/// A lookup of a leader's name, answered: `event` counts the events the router had applied
+/// when it started, so an answer that a newer event superseded is told apart.
+struct Lookup {
+    event: u64,
+    name: LeaderAddr,
+    addresses: Result<Vec<SocketAddr>, String>,
+}
+
+/// A leader named by an IP address: resolving it only parses it, so it is done in line.
+fn is_ip_literal(name: &LeaderAddr) -> bool {
+    name.host().parse::<IpAddr>().is_ok()
 }
 
 /// Whether a connection to `leader` would reach `listener`: the same port and the same

@@ -329,6 +329,46 @@ fn consul_http_token_is_honoured_and_the_option_wins() {
     }
 }
 
+/// An agent that answers `307 Temporary Redirect` (the double's redirect switch, blocked
+/// queries included) is not followed, so the ACL token never travels to the redirect's
+/// target, which is never contacted; through the real binary, the store shows `degraded`
+/// saying why and the last leader stays.
+#[test]
+fn a_redirect_is_not_followed_and_the_token_stays_home() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let m1 = standalone("m1", dir.path());
+    let double = acl_double();
+    let witness = testkit::redirect::Witness::start();
+    elect(&double, &m1.advertise());
+    let option = format!("kv.token={TOKEN}");
+    let proxy = Proxy::start(&["--discovery-opt", &option, &url(&double)]);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.advertise().as_str());
+
+    double.redirect_to(witness.addr());
+    proxy.wait_for_leader(WAIT, |l| {
+        l["state"] == "degraded" && l["leader"] == m1.advertise().as_str()
+    });
+    proxy.wait_for_log_where("the redirect refused", WAIT, |log| {
+        log.lines().any(|line| {
+            line.contains("Consul answered HTTP 307 Temporary Redirect")
+                && line.contains("redirects from a store are not followed")
+        })
+    });
+    let response = http::get(proxy.addr(), "/info").expect("a request through the proxy");
+    assert_eq!(response.header("X-Served-By"), Some("m1"));
+    let received = witness.received();
+    assert!(
+        !received.contains(TOKEN),
+        "the token was sent on: {received:?}"
+    );
+    assert_eq!(
+        witness.connections(),
+        0,
+        "the redirect was followed: {received:?}"
+    );
+    assert!(!proxy.log().contains(TOKEN), "the token was logged");
+}
+
 // ---------------------------------------------------------------- options
 
 #[test]

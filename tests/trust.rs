@@ -14,6 +14,7 @@ use testkit::http;
 use testkit::manager_conformance::ManagerHarness;
 use testkit::manual_managers::ClassicManagers;
 use testkit::proxy::{signal, Proxy};
+use testkit::redirect::{Front, Witness};
 use testkit::server_process::free_ports;
 use testkit::sim::{SimManager, SimOptions};
 
@@ -271,4 +272,38 @@ fn verify_does_not_wait_for_a_hung_leader_when_the_store_moves_on() {
     proxy.wait_for_leader(WAIT, |l| l["leader"] == m2.advertise().as_str());
     assert_eq!(served_by(&proxy), "m2");
     signal(m1.pid().expect("m1 runs"), "CONT");
+}
+
+/// A store answer that redirects (here real etcd behind a front the test switches to
+/// `307 Temporary Redirect`) is not followed: the redirect's target is never contacted, the
+/// store shows `degraded` saying why, and the last leader stays.
+#[test]
+fn a_store_redirect_is_not_followed_and_the_last_leader_kept() {
+    let etcd = Etcd::start();
+    let front = Front::start(etcd.endpoint().parse().expect("etcd's address"));
+    let witness = Witness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let m1 = standalone("m1", dir.path());
+    etcd.put_v2(KEY, &m1.advertise(), None);
+    let proxy = Proxy::start(&[&format!("etcd://{}/p", front.endpoint())]);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.advertise().as_str());
+
+    front.redirect_to(witness.addr());
+    proxy.wait_for_leader(WAIT, |l| {
+        l["state"] == "degraded" && l["leader"] == m1.advertise().as_str()
+    });
+    proxy.wait_for_log_where("the redirect refused", WAIT, |log| {
+        log.lines().any(|line| {
+            line.contains("etcd answered HTTP 307 Temporary Redirect")
+                && line.contains(&witness.addr().to_string())
+                && line.contains("redirects from a store are not followed")
+        })
+    });
+    assert_eq!(served_by(&proxy), "m1");
+    assert_eq!(
+        witness.connections(),
+        0,
+        "the redirect was followed: {:?}",
+        witness.received()
+    );
 }

@@ -39,6 +39,9 @@
 //!   stopped, connections are refused and blocked queries are cut off; sessions do not expire
 //!   while stopped and get a full TTL again at restart, as Consul resets session timers when
 //!   a server takes leadership.
+//! - A redirect switch ([`ConsulDouble::redirect_to`]): every request, blocked queries
+//!   included, is answered `307 Temporary Redirect` to another server (an agent behind a
+//!   misconfigured or hostile front), for the tests that a client does not follow it.
 //!
 //! Deliberately different from Consul:
 //! - Session TTLs shorter than Consul's minimum of 10 s are accepted (tests use 1–2 s so
@@ -479,6 +482,8 @@ struct Shared {
     tokens_in_query: AtomicU64,
     denied: AtomicU64,
     tls_refused: AtomicU64,
+    /// [`ConsulDouble::redirect_to`]: where every request is sent instead, if anywhere.
+    redirect: Mutex<Option<SocketAddr>>,
 }
 
 impl Shared {
@@ -553,6 +558,7 @@ impl ConsulDouble {
             tokens_in_query: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             tls_refused: AtomicU64::new(0),
+            redirect: Mutex::new(None),
         });
         let listener = rt
             .block_on(TcpListener::bind("127.0.0.1:0"))
@@ -620,6 +626,18 @@ impl ConsulDouble {
         });
         self.shared.mutate(State::reset_session_timers);
         self.serve(listener);
+    }
+
+    /// From now on every request is answered `307 Temporary Redirect` to the same path and
+    /// query on `target` (a misconfigured or hostile agent); blocked queries answer so at
+    /// once.
+    pub fn redirect_to(&self, target: SocketAddr) {
+        *self
+            .shared
+            .redirect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(target);
+        self.shared.notify();
     }
 
     pub fn is_running(&self) -> bool {
@@ -926,7 +944,22 @@ fn json_answer(index: Option<u64>, value: &Value) -> Answer {
     )
 }
 
+/// The redirect [`ConsulDouble::redirect_to`] set, for a request to `uri`.
+fn redirect(shared: &Shared, uri: &hyper::Uri) -> Option<Answer> {
+    let target = (*shared.redirect.lock().unwrap_or_else(|e| e.into_inner()))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Response::builder()
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header("Location", format!("http://{target}{path}"))
+        .body(Full::new(Bytes::new()))
+        .ok()
+}
+
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Answer {
+    if let Some(answer) = redirect(shared, req.uri()) {
+        return answer;
+    }
+    let uri = req.uri().clone();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query: HashMap<String, String> = req
@@ -998,7 +1031,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Answer {
             }
         }
         return match method {
-            Method::GET => kv_get(shared, &key, &query).await,
+            // A blocked query ends when a redirect is set, and answers with it.
+            Method::GET => {
+                let answer = kv_get(shared, &key, &query).await;
+                redirect(shared, &uri).unwrap_or(answer)
+            }
             Method::PUT => kv_put(shared, &key, &query, body),
             Method::DELETE => {
                 let cas = query.get("cas").and_then(|c| c.parse().ok());
@@ -1099,7 +1136,12 @@ async fn kv_get(shared: &Shared, key: &str, query: &HashMap<String, String>) -> 
             }
             let st = shared.state();
             (index, entry) = st.kv_get(key);
-            if index > min_index || st.restores != restores {
+            let redirected = shared
+                .redirect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            if index > min_index || st.restores != restores || redirected {
                 break;
             }
         }

@@ -70,6 +70,44 @@ impl Proxy {
         Self::launch(command, args, &[])
     }
 
+    /// [`Self::start`] with `/etc/resolv.conf` replaced, for the proxy process only, by
+    /// `dns`'s (a private mount namespace set up between fork and exec), so every name the
+    /// proxy looks up goes to a server that never answers. Root only.
+    pub fn start_with_silent_dns(dns: &crate::silent_dns::SilentDns, args: &[&str]) -> Proxy {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let source = std::ffi::CString::new(dns.resolv_conf().as_os_str().as_bytes())
+            .expect("a path without NUL");
+        let mut command = Command::new(crate::bins::leader_proxy());
+        // SAFETY: only system calls between fork and exec, on strings made before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let root = c"/";
+                let target = c"/etc/resolv.conf";
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::launch(command, args, &[])
+    }
+
     /// Runs `command` (the proxy, or a wrapper that execs it) with the test's listeners,
     /// log level and `args`.
     fn launch(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Proxy {

@@ -155,6 +155,7 @@ impl ConsulSource {
             .send()
             .await
             .map_err(|e| Stop::store(&e))?;
+        super::http::refuse_redirect(&response, "Consul")?;
         let status = response.status();
         let consul_index = response
             .headers()

@@ -94,6 +94,7 @@ impl Etcd2Source {
             .send()
             .await
             .map_err(|e| Stop::store(&e))?;
+        super::http::refuse_redirect(&response, "etcd")?;
         let index = etcd_index(&response);
         let status = response.status();
         let body = super::http::body(response, "etcd").await?;
@@ -127,6 +128,7 @@ impl Etcd2Source {
             Err(_) => return Err(Stop::Store("etcd did not accept the watch in time".into())),
             Ok(response) => response.map_err(|e| Stop::store(&e))?,
         };
+        super::http::refuse_redirect(&response, "etcd")?;
         let status = response.status();
         let body =
             match tokio::time::timeout(WATCH_WINDOW, super::http::body(response, "etcd")).await {

@@ -75,3 +75,28 @@ pub(super) async fn body(mut response: reqwest::Response, store: &str) -> Result
     }
     Ok(body)
 }
+
+/// Refuses an answer that redirects elsewhere (`store` names the store): the client does not
+/// follow it (see [`HttpStore::new`]), and saying so is clearer than the empty body's parse
+/// error. The store's outage handling then keeps the last leader.
+pub(super) fn refuse_redirect(response: &reqwest::Response, store: &str) -> Result<(), Stop> {
+    let status = response.status();
+    if !status.is_redirection() {
+        return Ok(());
+    }
+    // The location comes from the answer: shown escaped and bounded.
+    let location: String = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(200)
+                .collect()
+        })
+        .unwrap_or_default();
+    Err(Stop::Store(format!(
+        "{store} answered HTTP {status} redirecting to {location:?}: redirects from a store are \
+         not followed (docs/failover.md#store-outages)"
+    )))
+}
