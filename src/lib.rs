@@ -21,3 +21,4 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod trim;

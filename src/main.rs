@@ -10,10 +10,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: see the note on the dependency in Cargo.toml.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let settings = match config::load_from_args(args.clone()) {

@@ -111,6 +111,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         metrics.count_dropped_log_lines(read);
     }
     let metrics = Arc::new(metrics);
+    tokio::spawn(crate::trim::run(metrics.client_connections.clone()));
     let router = Arc::new(
         Router::new(settings.discovery.scheme(), metrics.clone())
             .allowing(settings.allow_leader.clone()),
