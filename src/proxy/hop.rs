@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 /// The header every request passed on carries.
 pub const HEADER: &str = "X-Leader-Proxy-Hop";
@@ -42,16 +42,21 @@ pub fn mark(bytes: BytesMut) -> Result<BytesMut, Looped> {
     } else {
         b"\n"
     };
-    let mut marked = BytesMut::with_capacity(bytes.len() + HEADER.len() + TOKEN.len() + 4);
-    marked.put_slice(&bytes[..split_at.min(bytes.len())]);
-    marked.put_slice(HEADER.as_bytes());
-    marked.put_slice(b": ");
-    marked.put_slice(TOKEN.as_bytes());
-    marked.put_slice(eol);
-    if split_at < bytes.len() {
-        marked.put_slice(&bytes[split_at..]);
+    // In place: the head was read into a buffer with room to spare (4 KiB for a head of a
+    // few hundred bytes), so the marker costs a move of the rest, not a new buffer.
+    let mut bytes = bytes;
+    let at = split_at.min(bytes.len());
+    let old_len = bytes.len();
+    let marker = [HEADER.as_bytes(), b": ", TOKEN.as_bytes(), eol];
+    let extra: usize = marker.iter().map(|part| part.len()).sum();
+    bytes.resize(old_len + extra, 0);
+    bytes.copy_within(at..old_len, at + extra);
+    let mut gap = at;
+    for part in marker {
+        bytes[gap..gap + part.len()].copy_from_slice(part);
+        gap += part.len();
     }
-    Ok(marked)
+    Ok(bytes)
 }
 
 fn is_our_marker(line: &[u8]) -> bool {
