@@ -118,14 +118,8 @@ impl Front {
         self.addr.to_string()
     }
 
-    /// From now on every request is redirected to `target`; connections relayed so far are
-    /// cut, so a client waiting on one (a watch) asks again.
-    pub fn redirect_to(&self, target: SocketAddr) {
-        *self
-            .shared
-            .redirect
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(target);
+    /// Cuts every connection relayed so far.
+    fn cut_relayed(&self) {
         for stream in self
             .shared
             .relayed
@@ -135,6 +129,17 @@ impl Front {
         {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// From now on every request is redirected to `target`; connections relayed so far are
+    /// cut, so a client waiting on one (a watch) asks again.
+    pub fn redirect_to(&self, target: SocketAddr) {
+        *self
+            .shared
+            .redirect
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(target);
+        self.cut_relayed();
     }
 }
 
@@ -191,14 +196,6 @@ impl Drop for Front {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
-        for stream in self
-            .shared
-            .relayed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        self.cut_relayed();
     }
 }
