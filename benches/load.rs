@@ -5,6 +5,10 @@
 //! [`SECONDS`] at a time, the targets interleaved and their order reversed every round, for
 //! [`ROUNDS`] rounds, so a change in the machine's load touches both sides alike.
 //!
+//! In L7 a third target runs beside them: `bare-pingora` (crates/bare-pingora), pingora's
+//! own server and proxy with a fixed upstream and nothing of leader-proxy, so each L7 row
+//! shows how much of the distance to HAProxy is pingora's own.
+//!
 //! Cases: a 2-byte body (`/_ping`) and a 64 KiB body, each with keep-alive and with a new
 //! connection per request (`Connection: close`). For each it prints the median req/s, p50
 //! and p99 with their spread over the rounds, and leader-proxy's ratios against HAProxy
@@ -22,6 +26,7 @@
 
 use std::time::Duration;
 
+use testkit::bare_pingora::BarePingora;
 use testkit::etcd::Etcd;
 use testkit::haproxy::{Haproxy, HaproxyMode};
 use testkit::nginx::Nginx;
@@ -83,6 +88,7 @@ fn main() {
         )
     });
     let haproxy_http = Haproxy::start(HaproxyMode::Http, nginx.addr());
+    let pingora = BarePingora::start(nginx.addr());
     let haproxy_tcp = Haproxy::start(HaproxyMode::Tcp, nginx.addr());
     for proxy in [
         Some(&l7),
@@ -113,6 +119,9 @@ fn main() {
                 ];
                 if let Some(old) = old {
                     targets.push(("before", old.addr().to_string()));
+                }
+                if mode == "L7" {
+                    targets.push(("pingora", pingora.addr().to_string()));
                 }
                 cases.push(Case {
                     name,
@@ -171,15 +180,11 @@ fn main() {
     }
 
     println!();
-    let with_before = before.is_some();
+    // Targets beyond the first two (the before build, bare pingora in L7) share one column.
     println!(
-        "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio |{}",
-        if with_before { " before req/s | before p99 | before: req/s ratio, p99 ratio |" } else { "" }
+        "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio | others: req/s (req/s ratio, p99 ratio) |"
     );
-    println!(
-        "|---|---|---|---|---|---|---|{}",
-        if with_before { "---|---|---|" } else { "" }
-    );
+    println!("|---|---|---|---|---|---|---|---|");
     for case in &cases {
         let rps = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.requests_per_sec));
         let p50 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p50 * 1e3));
@@ -187,8 +192,25 @@ fn main() {
         let (anchor, ours) = (&case.results[0], &case.results[1]);
         let (a_rps, o_rps) = (rps(anchor), rps(ours));
         let (a_p99, o_p99) = (p99(anchor), p99(ours));
-        let mut row = format!(
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | **{:.2}×** | {:.2} / {:.2} ms ({:.2}–{:.2}) | {:.2} / {:.2} ms ({:.2}–{:.2}) | **{:.2}×** |",
+        let others: Vec<String> = case
+            .targets
+            .iter()
+            .zip(&case.results)
+            .skip(2)
+            .map(|((label, _), results)| {
+                let (r, p) = (rps(results), p99(results));
+                format!(
+                    "{label} {:.0} ({:.0}–{:.0}) ({:.2}×, {:.2}×)",
+                    r.median,
+                    r.min,
+                    r.max,
+                    r.median / a_rps.median,
+                    p.median / a_p99.median,
+                )
+            })
+            .collect();
+        let row = format!(
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | **{:.2}×** | {:.2} / {:.2} ms ({:.2}–{:.2}) | {:.2} / {:.2} ms ({:.2}–{:.2}) | **{:.2}×** | {} |",
             case.name,
             a_rps.median,
             a_rps.min,
@@ -206,19 +228,8 @@ fn main() {
             o_p99.min,
             o_p99.max,
             o_p99.median / a_p99.median,
+            others.join("; "),
         );
-        if let Some(old) = case.results.get(2) {
-            let (b_rps, b_p99) = (rps(old), p99(old));
-            row.push_str(&format!(
-                " {:.0} ({:.0}–{:.0}) | {:.2} ms | {:.2}×, {:.2}× |",
-                b_rps.median,
-                b_rps.min,
-                b_rps.max,
-                b_p99.median,
-                b_rps.median / a_rps.median,
-                b_p99.median / a_p99.median,
-            ));
-        }
         println!("{row}");
     }
 

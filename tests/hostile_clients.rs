@@ -102,32 +102,45 @@ fn empty_lines_before_an_upgrade_request_do_not_hide_it() {
     assert!(reply.contains("bytes=1000"), "{reply:?}");
 }
 
-/// An idle L7 client connection carries TCP keepalive probes (as L4 ones do): `ss` shows
-/// the proxy's side of it with a keepalive timer.
+/// Every client connection, L7 and L4, carries TCP keepalive probes (30 s idle) and no
+/// Nagle delay: read back with `getsockopt` on the proxy's own socket. The listener is
+/// tuned once and the accepted sockets inherit it (docs/architecture.md#client-sockets);
+/// this is what proves the kernel did copy the options.
 #[test]
-fn idle_l7_client_connections_have_tcp_keepalive() {
-    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&[]);
-    let client = TcpStream::connect(proxy.addr()).expect("connect to the proxy");
-    let port = proxy.addr().port();
-    let local = client.local_addr().expect("local address").port();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = std::process::Command::new("ss")
-            .args(["-tnoH", "state", "established"])
-            .arg(format!("( sport = :{port} and dport = :{local} )"))
-            .output()
-            .expect("run ss (scripts/install-deps installs iproute2)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("keepalive") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the proxy's side of an idle client connection has no keepalive timer: {text:?}"
+fn client_connections_have_tcp_keepalive_and_nodelay_in_both_modes() {
+    for mode in ["http", "tcp"] {
+        let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&["--mode", mode]);
+        let client = TcpStream::connect(proxy.addr()).expect("connect to the proxy");
+        let local = client.local_addr().expect("local address");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let sockets = loop {
+            let sockets = testkit::sockets::connected_to(proxy.pid(), local);
+            if !sockets.is_empty() || std::time::Instant::now() > deadline {
+                break sockets;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            sockets.len(),
+            1,
+            "--mode {mode}: the proxy's side of the client"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        let socket = socket2::SockRef::from(&sockets[0]);
+        assert!(
+            socket.nodelay().expect("TCP_NODELAY"),
+            "--mode {mode}: Nagle"
+        );
+        assert!(
+            socket.keepalive().expect("SO_KEEPALIVE"),
+            "--mode {mode}: no keepalive"
+        );
+        assert_eq!(
+            socket.keepalive_time().expect("TCP_KEEPIDLE"),
+            Duration::from_secs(30),
+            "--mode {mode}: keepalive idle time"
+        );
+        drop(client);
     }
-    drop(client);
 }
 
 /// A git remote's token in a build URL never reaches the access log, nor do build args.

@@ -38,8 +38,13 @@ use crate::metrics::Metrics;
 /// Sets what every relayed TCP socket gets: no Nagle delay (interactive sessions) and
 /// keepalive probes (crate::keepalive), so a vanished peer ends the connection.
 pub fn tune(tcp: &TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&crate::keepalive::socket2());
+    let _ = tune_socket(&socket2::SockRef::from(tcp));
+}
+
+/// [`tune`] for any TCP socket, a listener included (its accepted sockets inherit both).
+pub fn tune_socket(socket: &socket2::SockRef<'_>) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    socket.set_tcp_keepalive(&crate::keepalive::socket2())
 }
 
 /// Acknowledges what arrived on an upstream socket now, and leaves delayed-ACK ("pingpong")

@@ -22,6 +22,12 @@ pub fn sim_manager() -> PathBuf {
     locate("sim-manager", "TESTKIT_SIM_MANAGER_BIN")
 }
 
+/// The `bare-pingora` binary (crates/bare-pingora), the load benchmark's pingora anchor:
+/// `$TESTKIT_BARE_PINGORA_BIN` if set, else the one built next to the bench executable.
+pub fn bare_pingora() -> PathBuf {
+    locate("bare-pingora", "TESTKIT_BARE_PINGORA_BIN")
+}
+
 /// `$override_var`, else `name` in the running executable's profile directory. Panics with
 /// the command that builds it when it is missing: a test would otherwise fail with a bare
 /// "No such file or directory" from `Command::spawn`.

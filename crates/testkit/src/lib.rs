@@ -7,6 +7,7 @@
 //! A library crate, not a module each test file includes, so it is compiled once instead of
 //! once per test binary.
 
+pub mod bare_pingora;
 pub mod bins;
 pub mod blackhole;
 pub mod certs;
