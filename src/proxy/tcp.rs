@@ -64,6 +64,11 @@ pub fn ack_now(fd: std::os::unix::io::RawFd) {
     let _ = socket2::SockRef::from(&fd).set_quickack(true);
 }
 
+/// Bytes read at once in each direction of an L4 connection: HAProxy's `bufsize`. tokio's
+/// default of 8 KiB took twice the system calls for a 64 KiB answer; the cost is 16 KiB
+/// more memory per L4 connection (docs/architecture.md, "The path of a request").
+const RELAY_BUFFER: usize = 16 * 1024;
+
 /// The L4 proxy, shared by every listener in `--mode tcp`.
 pub struct L4Proxy {
     hold: Arc<Hold>,
@@ -144,7 +149,7 @@ impl L4Proxy {
         let _open = OpenGuard(&self.open);
         let mut client = Counted::new(client, &self.to_leader, &self.to_client);
         let outcome = tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+            copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER) => match copied {
                 Ok(_) => "closed",
                 Err(e) => {
                     debug!(error = %e, upstream = %addr, "l4 connection ended with an error");
