@@ -10,6 +10,7 @@
 pub mod bins;
 pub mod blackhole;
 pub mod certs;
+pub mod compose;
 pub mod conformance;
 pub mod consul_double;
 pub mod dockerd;
@@ -22,6 +23,7 @@ pub mod manual_managers;
 pub mod nginx;
 pub mod open_files;
 pub mod programs;
+pub mod prometheus;
 pub mod proxy;
 pub mod redirect;
 pub mod server_process;
