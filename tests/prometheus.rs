@@ -32,6 +32,14 @@ fn shipped_rules_and_configuration_pass_promtool() {
     promtool(&["check", "config", config.to_str().expect("utf-8 path")]);
 }
 
+/// The thresholds: each alert stays quiet and then fires when alerts_test.yml says.
+#[test]
+fn shipped_alerts_fire_when_their_unit_tests_say() {
+    let tests = deploy("prometheus/alerts_test.yml");
+    let out = promtool(&["test", "rules", tests.to_str().expect("utf-8 path")]);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
 /// Every `expr` of the dashboard (panels, annotations), with the panel title it belongs to.
 fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
     fn walk(value: &serde_json::Value, title: &str, out: &mut Vec<(String, String)>) {
