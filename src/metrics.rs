@@ -16,7 +16,9 @@ pub struct Metrics {
     leader: IntGaugeVec,
     /// 1 for the current state (`leader`, `no_leader`, `degraded`), 0 for the others.
     state: IntGaugeVec,
-    /// Requests answered, by HTTP status (hijacked connections count with 101).
+    /// Requests answered, by HTTP status (hijacked connections count with 101) and by the
+    /// `listener` their connection came in on (`tcp://ADDR`, `unix://PATH`: the listeners are
+    /// fixed at start, so the label's values are few).
     pub requests: IntCounterVec,
     /// Requests waiting for a reachable leader right now.
     pub held: IntGauge,
@@ -56,6 +58,9 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     /// Client connections closed at once because `--max-connections` were open.
     pub client_connections_refused: IntCounter,
+    /// Client connections admitted (not refused by `--max-connections`), in both modes, by
+    /// `listener` (as in `requests`).
+    pub accepted_connections: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,9 +84,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "leader_proxy_requests_total",
-                "Requests answered, by status",
+                "Requests answered, by status and client listener",
             ),
-            &["code"],
+            &["code", "listener"],
         )
         .expect("valid metric");
         let held = IntGauge::new(
@@ -184,6 +189,14 @@ impl Metrics {
             "Client connections refused because --max-connections were open",
         )
         .expect("valid metric");
+        let accepted_connections = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_accepted_connections_total",
+                "Client connections admitted, by listener (tcp://ADDR, unix://PATH)",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(leader_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(leader.clone()),
@@ -205,6 +218,7 @@ impl Metrics {
             Box::new(dropped_log_lines.clone()),
             Box::new(client_connections.clone()),
             Box::new(client_connections_refused.clone()),
+            Box::new(accepted_connections.clone()),
         ] {
             registry
                 .register(collector)
@@ -233,6 +247,7 @@ impl Metrics {
             dropped_log_source: None,
             client_connections,
             client_connections_refused,
+            accepted_connections,
         }
     }
 

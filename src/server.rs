@@ -200,6 +200,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         cap: Arc::new(ConnectionCap::new(max_connections, &metrics)),
         proxies: Arc::new(TrustedProxies::new(settings.proxy_protocol_from.clone())),
         connections: connections.clone(),
+        metrics: metrics.clone(),
     };
     if !clients.proxies.is_empty() {
         info!(

@@ -73,11 +73,11 @@ fn requests_are_counted_by_status_and_logged_once_each() {
         404
     );
     assert_eq!(
-        proxy.metric("leader_proxy_requests_total{code=\"200\"}"),
+        proxy.metric("leader_proxy_requests_total{code=\"200\","),
         3.0
     );
     assert_eq!(
-        proxy.metric("leader_proxy_requests_total{code=\"404\"}"),
+        proxy.metric("leader_proxy_requests_total{code=\"404\","),
         1.0
     );
     let deadline = Instant::now() + Duration::from_secs(5);

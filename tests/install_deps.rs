@@ -227,35 +227,37 @@ fn path_without(left_out: &str) -> tempfile::TempDir {
     dir
 }
 
-/// The image's build stage installs the same build packages, or a fresh image build fails
-/// where a fresh machine would not.
+/// The images' build stages (the proxy's `Dockerfile`, deploy/'s sim-manager) install the
+/// same build packages, or a fresh image build fails where a fresh machine would not.
 #[test]
 fn the_dockerfile_build_stage_installs_every_build_package() {
     let out = run(Command::new(SCRIPT).arg("--list"));
-    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
-        .expect("read Dockerfile");
-    let install = dockerfile
-        .lines()
-        .find(|l| l.contains("apt-get install") && l.contains("protobuf-compiler"))
-        .expect("the build stage's apt-get install line");
-    let installed: Vec<&str> = install.split_whitespace().collect();
-    let mut build_packages = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let [kind, _, package, uses] = cols[..] else {
-            continue;
-        };
-        if !uses.split(',').any(|u| u == "build") || package == "rustup" || kind == "manual" {
-            continue;
+    for path in ["Dockerfile", "deploy/sim-manager.Dockerfile"] {
+        let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let install = dockerfile
+            .lines()
+            .find(|l| l.contains("apt-get install") && l.contains("protobuf-compiler"))
+            .unwrap_or_else(|| panic!("{path}: the build stage's apt-get install line"));
+        let installed: Vec<&str> = install.split_whitespace().collect();
+        let mut build_packages = 0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let [kind, _, package, uses] = cols[..] else {
+                continue;
+            };
+            if !uses.split(',').any(|u| u == "build") || package == "rustup" || kind == "manual" {
+                continue;
+            }
+            build_packages += 1;
+            assert!(
+                installed.contains(&package),
+                "{path}'s build stage does not install {package}: {install}"
+            );
         }
-        build_packages += 1;
         assert!(
-            installed.contains(&package),
-            "the Dockerfile's build stage does not install {package}: {install}"
+            build_packages >= 4,
+            "install-deps lists {build_packages} build packages"
         );
     }
-    assert!(
-        build_packages >= 4,
-        "install-deps lists {build_packages} build packages"
-    );
 }

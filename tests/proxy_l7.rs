@@ -229,7 +229,7 @@ fn an_upgrade_answered_without_101_gives_the_connection_back_to_http() {
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("No such container: nonexistent"), "{body}");
 
-    let served = proxy.metric("leader_proxy_requests_total{code=\"200\"}");
+    let served = proxy.metric("leader_proxy_requests_total{code=\"200\",");
     stream
         .write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
         .unwrap();
@@ -248,13 +248,13 @@ fn an_upgrade_answered_without_101_gives_the_connection_back_to_http() {
         access(log, "containers/nonexistent/attach") && access(log, "path=/_ping status=200")
     });
     proxy.wait_for_metric(
-        "leader_proxy_requests_total{code=\"200\"}",
+        "leader_proxy_requests_total{code=\"200\",",
         served + 1.0,
         Duration::from_secs(10),
         "the ping after the refused upgrade is not counted",
     );
     assert_eq!(
-        proxy.metric("leader_proxy_requests_total{code=\"404\"}"),
+        proxy.metric("leader_proxy_requests_total{code=\"404\","),
         1.0
     );
 }

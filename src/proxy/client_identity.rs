@@ -24,6 +24,9 @@ pub struct ClientIdentity {
     /// The subject of the client certificate, when client TLS verified one (`--tlsverify`),
     /// in RFC 4514 form (`CN=alice,O=ops`).
     pub tls_subject: Option<String>,
+    /// The listener it was accepted on (`tcp://ADDR`, `unix://PATH`), the `listener` label
+    /// of its requests' metric; `None` for a connection made outside a listener (unit tests).
+    pub listener: Option<Arc<str>>,
 }
 
 /// The other end of a client connection.
@@ -47,6 +50,7 @@ impl ClientIdentity {
             peer: Peer::Tcp(peer),
             via: None,
             tls_subject: None,
+            listener: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl ClientIdentity {
             peer,
             via: None,
             tls_subject: None,
+            listener: None,
         }
     }
 
@@ -78,6 +83,7 @@ impl ClientIdentity {
             peer: Peer::Tcp(client),
             via: Some(via),
             tls_subject: None,
+            listener: None,
         }
     }
 
@@ -85,6 +91,17 @@ impl ClientIdentity {
     pub fn with_tls_subject(mut self, subject: Option<String>) -> Self {
         self.tls_subject = subject;
         self
+    }
+
+    /// The same, accepted on `listener` (`tcp://ADDR` or `unix://PATH`: [`super::listener`]).
+    pub fn on_listener(mut self, listener: Arc<str>) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// The `listener` label of this connection's metrics: `-` outside a listener.
+    pub fn listener_label(&self) -> &str {
+        self.listener.as_deref().unwrap_or("-")
     }
 }
 

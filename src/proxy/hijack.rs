@@ -322,7 +322,7 @@ impl HijackRelay {
     ) {
         self.metrics
             .requests
-            .with_label_values(&[super::http::status_label(status)])
+            .with_label_values(&[super::http::status_label(status), identity.listener_label()])
             .inc();
         let (client, via, cert) = log_fields(Some(identity));
         info!(

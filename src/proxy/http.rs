@@ -354,7 +354,10 @@ impl ProxyHttp for DockerApi {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.metrics
             .requests
-            .with_label_values(&[status_label(status)])
+            .with_label_values(&[
+                status_label(status),
+                ctx.client.as_ref().map_or("-", |c| c.listener_label()),
+            ])
             .inc();
         let req = session.req_header();
         let (client, via, cert) = client_identity::log_fields(ctx.client.as_deref());

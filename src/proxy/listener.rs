@@ -51,14 +51,15 @@ pub enum Service {
 }
 
 /// What every client listener shares: the service, the `--max-connections` cap over all of
-/// them, the sources whose PROXY headers are honoured, and the tracker of connection tasks
-/// (shutdown waits for them).
+/// them, the sources whose PROXY headers are honoured, the tracker of connection tasks
+/// (shutdown waits for them) and the metrics (connections admitted per listener).
 #[derive(Clone)]
 pub struct Clients {
     pub service: Service,
     pub cap: Arc<ConnectionCap>,
     pub proxies: Arc<TrustedProxies>,
     pub connections: TaskTracker,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -67,10 +68,11 @@ impl Service {
         mut tcp: TcpStream,
         peer: SocketAddr,
         proxies: Arc<TrustedProxies>,
+        listener: Arc<str>,
         shutdown: ShutdownWatch,
     ) {
         let client = match proxies.identify(&mut tcp, peer).await {
-            Ok(client) => client,
+            Ok(client) => client.on_listener(listener),
             Err(e) => {
                 info!(target: "access", client = %peer, error = %e,
                     "connection closed: PROXY protocol");
@@ -114,8 +116,8 @@ impl Service {
         }
     }
 
-    async fn serve_unix(self, unix: UnixStream, shutdown: ShutdownWatch) {
-        let client = ClientIdentity::unix(&unix);
+    async fn serve_unix(self, unix: UnixStream, listener: Arc<str>, shutdown: ShutdownWatch) {
+        let client = ClientIdentity::unix(&unix).on_listener(listener);
         match self {
             Service::Http { front, .. } => {
                 front.serve(L4Stream::from(unix), client, shutdown).await
@@ -304,7 +306,17 @@ pub fn group_id(name: &str) -> Option<u32> {
 
 /// Accepts connections until `shutdown` turns true; each connection runs as a task in
 /// `clients.connections`, so shutdown can wait for them.
+///
+/// The listener's name in metrics (`listener` label) is `tcp://` and its bound address.
 pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: ShutdownWatch) {
+    let name: Arc<str> = match listener.local_addr() {
+        Ok(addr) => format!("tcp://{addr}").into(),
+        Err(_) => "tcp://?".into(),
+    };
+    let admitted_here = clients
+        .metrics
+        .accepted_connections
+        .with_label_values(&[&name]);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -315,8 +327,14 @@ pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: Sh
                 let service = clients.service.clone();
                 match clients.cap.admit() {
                     Some(admitted) => {
-                        let serving =
-                            service.serve_tcp(tcp, peer, clients.proxies.clone(), shutdown.clone());
+                        admitted_here.inc();
+                        let serving = service.serve_tcp(
+                            tcp,
+                            peer,
+                            clients.proxies.clone(),
+                            name.clone(),
+                            shutdown.clone(),
+                        );
                         clients.connections.spawn(async move {
                             serving.await;
                             drop(admitted);
@@ -333,9 +351,15 @@ pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: Sh
     }
 }
 
-/// [`serve_tcp`] for a unix listener. The socket file is removed when this returns.
+/// [`serve_tcp`] for a unix listener, named `unix://PATH`. The socket file is removed when
+/// this returns.
 pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: ShutdownWatch) {
     let UnixSocket { listener, file } = socket;
+    let name: Arc<str> = format!("unix://{}", file.path.display()).into();
+    let admitted_here = clients
+        .metrics
+        .accepted_connections
+        .with_label_values(&[&name]);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -346,7 +370,8 @@ pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: Shut
                 let service = clients.service.clone();
                 match clients.cap.admit() {
                     Some(admitted) => {
-                        let serving = service.serve_unix(unix, shutdown.clone());
+                        admitted_here.inc();
+                        let serving = service.serve_unix(unix, name.clone(), shutdown.clone());
                         clients.connections.spawn(async move {
                             serving.await;
                             drop(admitted);

@@ -60,6 +60,17 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     request(addr, "GET", path, &[], b"", Duration::from_secs(10))
 }
 
+/// `GET path` on a fresh connection to the unix socket at `socket` (`Connection: close`).
+pub fn get_unix(socket: &std::path::Path, path: &str) -> std::io::Result<Response> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
 /// GET of a full URL `http://addr/path`, body as text; panics on failure (admin API).
 pub fn get_text(url: &str) -> String {
     let rest = url.strip_prefix("http://").expect("http url");
