@@ -100,6 +100,9 @@ fn help_shows_discovery_the_flags_and_their_variables() {
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     for needle in [
         "Usage: leader-proxy [OPTIONS] <DISCOVERY>",
+        "leader-proxy status [--admin ADDR]",
+        "leader-proxy leader [OPTIONS] <DISCOVERY>",
+        "Commands:",
         "DISCOVERY",
         "etcdv3://",
         "--listen <ADDR>",

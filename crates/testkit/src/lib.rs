@@ -10,6 +10,7 @@
 pub mod bins;
 pub mod blackhole;
 pub mod certs;
+pub mod command;
 pub mod conformance;
 pub mod consul_double;
 pub mod dockerd;

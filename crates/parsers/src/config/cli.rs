@@ -372,11 +372,67 @@ pub struct Cli {
     pub config: Option<String>,
 }
 
-/// The command to parse the command line with: [`Cli`]'s, with the environment variables
-/// moved from clap's reading into the help text. `env.rs` reads them instead, from the
-/// process or from a map a test passes in, so that tests never race on the process
+const USAGE: &str = "leader-proxy [OPTIONS] <DISCOVERY>
+       leader-proxy status [--admin ADDR]
+       leader-proxy leader [OPTIONS] <DISCOVERY>";
+
+const STATUS_ABOUT: &str = "Shows what a running proxy follows: the leader and since when, the \
+source's state, the held requests and the last leader changes with their reasons";
+
+const LEADER_ABOUT: &str = "Prints the current leader once and exits: 0 with a leader, 1 \
+without, 3 when the store cannot be reached, 2 on bad input";
+
+/// The command to parse the proxy's command line with: [`Cli`]'s, with the environment
+/// variables moved from clap's reading into the help text. `env.rs` reads them instead,
+/// from the process or from a map a test passes in, so that tests never race on the process
 /// environment and a variable's value is checked like the flag's.
+///
+/// It names the `status` and `leader` commands too, for `--help` and the man page. A
+/// DISCOVERY is always a URL with `://`, so a first argument `status` or `leader` is told
+/// apart from it; the binary runs those two with [`status_command`] and [`leader_command`]
+/// (docs/cli.md, "Commands"). Once an option is given, a word is a DISCOVERY again, so the
+/// proxy's own command line parses as it always did.
 pub fn command() -> clap::Command {
+    options_command()
+        .override_usage(USAGE)
+        .subcommand(status_command())
+        .subcommand(leader_command())
+        .args_conflicts_with_subcommands(true)
+        .disable_help_subcommand(true)
+}
+
+/// `leader-proxy leader`: the proxy's own options (DISCOVERY, `--leader-key`, `--election`,
+/// `--discovery-opt`, `--config`, …, and their variables), so that it reads the election
+/// exactly as the proxy configured the same way would.
+pub fn leader_command() -> clap::Command {
+    options_command()
+        .name("leader")
+        .bin_name("leader-proxy leader")
+        .about(LEADER_ABOUT)
+        .long_about(None)
+        .after_long_help(None::<&str>)
+        .override_usage("leader-proxy leader [OPTIONS] <DISCOVERY>")
+}
+
+/// `leader-proxy status [--admin ADDR]`.
+pub fn status_command() -> clap::Command {
+    StatusArgs::command()
+        .name("status")
+        .bin_name("leader-proxy status")
+        .about(STATUS_ABOUT)
+}
+
+/// The options of `leader-proxy status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
+#[command(version)]
+pub struct StatusArgs {
+    /// The admin listener of the proxy to ask, HOST:PORT. [default: 127.0.0.1:9375]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+}
+
+/// [`Cli`]'s command with the variables moved into the help text (see [`command`]).
+fn options_command() -> clap::Command {
     Cli::command().mut_args(|arg| {
         let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
             return arg;
