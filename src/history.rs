@@ -37,6 +37,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, for the check that docs/cli.md lists them all.
     pub const ALL: [Reason; 7] = [
         Reason::Elected,
         Reason::Expired,
@@ -106,6 +107,16 @@ mod tests {
             to: Some(to.to_string()),
             reason: Reason::Elected,
             detail: None,
+        }
+    }
+
+    /// The list is a contract: docs/cli.md's table of reasons names each one.
+    #[test]
+    fn every_reason_is_documented() {
+        let doc = include_str!("../docs/cli.md");
+        for reason in Reason::ALL {
+            let row = format!("| `{}` |", reason.as_str());
+            assert!(doc.contains(&row), "docs/cli.md lacks the row {row}");
         }
     }
 

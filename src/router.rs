@@ -538,6 +538,12 @@ mod tests {
             .await;
         router.apply(LeaderEvent::NoLeader).await;
         router.apply(leader("127.0.0.1:1002")).await;
+        router
+            .apply(LeaderEvent::Disagreement(Some("m2 says replica".into())))
+            .await;
+        router.apply(LeaderEvent::Disagreement(None)).await;
+        // An agreement that ends no disagreement is no change.
+        router.apply(LeaderEvent::Disagreement(None)).await;
         let history = router.history();
         let reasons: Vec<&str> = history.iter().map(|c| c.reason.as_str()).collect();
         assert_eq!(
@@ -548,9 +554,12 @@ mod tests {
                 "recovered",
                 "refused",
                 "expired",
-                "elected"
+                "elected",
+                "disagreement",
+                "agreement"
             ]
         );
+        assert_eq!(history[6].detail.as_deref(), Some("m2 says replica"));
         assert_eq!(history[4].from.as_deref(), Some("127.0.0.1:1001"));
         assert_eq!(history[4].to, None);
         assert_eq!(history[5].to.as_deref(), Some("127.0.0.1:1002"));

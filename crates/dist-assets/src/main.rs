@@ -2,7 +2,7 @@
 //! `man/leader-proxy-status.1`, `man/leader-proxy-leader.1` for the commands) and the
 //! completions (`completions/leader-proxy.bash`, `completions/_leader-proxy` for zsh,
 //! `completions/leader-proxy.fish`), generated from `leader-proxy`'s own clap command
-//! (`leader_proxy_parsers::config::cli::command`). `scripts/package` runs it before
+//! (`leader_proxy_parsers::config::cli::documented_command`). `scripts/package` runs it before
 //! `cargo deb`, whose assets name these files (Cargo.toml, `[package.metadata.deb]`).
 
 use std::fs::{self, File};
@@ -40,7 +40,7 @@ fn write_all(out: &Path) -> io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let man = out.join("man");
     fs::create_dir_all(&man)?;
-    let command = cli::command();
+    let command = cli::documented_command();
     written.push(write(&man.join(format!("{BIN}.1")), |w| {
         clap_mangen::Man::new(command.clone()).render(w)
     })?);
@@ -57,7 +57,7 @@ fn write_all(out: &Path) -> io::Result<Vec<PathBuf>> {
             other => format!("{BIN}.{other}"),
         };
         written.push(write(&completions.join(name), |w| {
-            clap_complete::generate(shell, &mut cli::command(), BIN, w);
+            clap_complete::generate(shell, &mut cli::documented_command(), BIN, w);
             Ok(())
         })?);
     }

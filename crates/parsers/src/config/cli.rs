@@ -376,6 +376,21 @@ const USAGE: &str = "leader-proxy [OPTIONS] <DISCOVERY>
        leader-proxy status [--admin ADDR]
        leader-proxy leader [OPTIONS] <DISCOVERY>";
 
+/// clap's default help template with the two commands after the usage line. Only the help
+/// names them: the command that parses the proxy's line has no subcommands, so its
+/// errors and their usage line stay exactly what they were (see [`command`]).
+const HELP_TEMPLATE: &str = "\
+{before-help}{about-with-newline}
+{usage-heading} {usage}
+       leader-proxy status [--admin ADDR]
+       leader-proxy leader [OPTIONS] <DISCOVERY>
+
+Commands:
+  status  What a running proxy follows: the leader, its state, held requests, the last changes
+  leader  Prints the current leader once: exit 0 with one, 1 without, 3 store unreachable
+
+{all-args}{after-help}";
+
 const STATUS_ABOUT: &str = "Shows what a running proxy follows: the leader and since when, the \
 source's state, the held requests and the last leader changes with their reasons";
 
@@ -387,12 +402,19 @@ without, 3 when the store cannot be reached, 2 on bad input";
 /// from the process or from a map a test passes in, so that tests never race on the process
 /// environment and a variable's value is checked like the flag's.
 ///
-/// It names the `status` and `leader` commands too, for `--help` and the man page. A
-/// DISCOVERY is always a URL with `://`, so a first argument `status` or `leader` is told
-/// apart from it; the binary runs those two with [`status_command`] and [`leader_command`]
-/// (docs/cli.md, "Commands"). Once an option is given, a word is a DISCOVERY again, so the
-/// proxy's own command line parses as it always did.
+/// Its help names the `status` and `leader` commands too, but it does not parse them, so
+/// that the proxy's command line, its errors included, is what it always was. A DISCOVERY
+/// is always a URL with `://`, so the binary tells a first argument `status` or `leader`
+/// apart before parsing and runs those with [`status_command`] and [`leader_command`]
+/// (docs/cli.md, "Commands").
 pub fn command() -> clap::Command {
+    options_command().help_template(HELP_TEMPLATE)
+}
+
+/// The whole command line as one clap command, the two commands as subcommands: what the
+/// man pages and the shell completions are rendered from (crates/dist-assets). Not for
+/// parsing (see [`command`]).
+pub fn documented_command() -> clap::Command {
     options_command()
         .override_usage(USAGE)
         .subcommand(status_command())
@@ -455,6 +477,7 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         command().debug_assert();
+        documented_command().debug_assert();
     }
 
     #[test]
