@@ -330,7 +330,8 @@ pub struct Cli {
     )]
     pub upstream_cert_path: Option<String>,
 
-    /// Admin and metrics listener (/leader, /healthz, /readyz, /metrics), or off.
+    /// Admin and metrics listener (/leader, /leader/history, /healthz, /readyz,
+    /// /metrics; `leader-proxy status` asks it), or off.
     /// [default: 127.0.0.1:9375]
     #[arg(
         long,
