@@ -1,4 +1,4 @@
-//! The admin listener: `/leader`, `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/leader`, `/leader/history`, `/healthz`, `/readyz`, `/metrics`.
 //!
 //! It only reads the [`Router`] and the [`Metrics`]; it never changes anything, so it can be
 //! exposed to a load balancer's health checks and to Prometheus.
@@ -101,6 +101,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/leader" => self.leader(),
+            "/leader/history" => self.history(),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => {
                 if self.shutting_down.load(Ordering::Acquire) {
@@ -124,22 +125,50 @@ impl Admin {
 
     fn leader(&self) -> Response<Full<Bytes>> {
         let snapshot = self.router.current();
-        let since = time::OffsetDateTime::from(snapshot.since)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
         let body = serde_json::json!({
             "leader": snapshot.leader.as_ref().map(|u| u.name.to_string()),
             "state": snapshot.state.as_str(),
-            "since": since,
+            "since": rfc3339(snapshot.since),
+            "held": self.metrics.held.get(),
             "changes": snapshot.changes,
             "source": self.router.source().as_str(),
             "disagreement": snapshot.disagreement.as_deref(),
         });
-        Response::builder()
-            .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap_or_default()
+        json(body)
     }
+
+    /// The last leader changes, oldest first, each with a reason from the fixed list of
+    /// `crate::history::Reason` (docs/cli.md, "status").
+    fn history(&self) -> Response<Full<Bytes>> {
+        let changes: Vec<serde_json::Value> = self
+            .router
+            .history()
+            .into_iter()
+            .map(|change| {
+                serde_json::json!({
+                    "time": rfc3339(change.time),
+                    "from": change.from,
+                    "to": change.to,
+                    "reason": change.reason.as_str(),
+                    "detail": change.detail,
+                })
+            })
+            .collect();
+        json(serde_json::json!({ "changes": changes }))
+    }
+}
+
+fn rfc3339(at: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn json(body: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -7,12 +7,15 @@
 //! - [`router`]: the current leader, read with one atomic load per request;
 //! - [`proxy`]: the pingora front, the L7 proxy and the hijack relay;
 //! - [`tls`]: TLS for clients and to the managers, reloaded on SIGHUP;
-//! - [`admin`] and [`metrics`]: what operators and load balancers look at;
+//! - [`admin`], [`history`] and [`metrics`]: what operators and load balancers look at;
+//! - [`commands`]: the one-shot `status` and `leader` commands;
 //! - [`limits`]: the open-files limit, raised at start, and the client-connection cap.
 
 pub mod admin;
+pub mod commands;
 pub mod config;
 pub mod discovery;
+pub mod history;
 pub mod keepalive;
 pub mod limits;
 pub mod log_writer;

@@ -1,7 +1,9 @@
-//! The `leader-proxy` binary: reads the settings, sets up logging and the runtime, builds
+//! The `leader-proxy` binary: runs `status` or `leader` when the first argument names one
+//! (src/commands/), else the proxy: reads the settings, sets up logging and the runtime, builds
 //! the process with [`server::build`] (every file read once) and runs it with
 //! [`server::run`]. Everything else lives in the library; this file only wires.
 
+use leader_proxy::commands::{self, Command};
 use leader_proxy::config::{self, LogFormat, Settings};
 use leader_proxy::log_writer::{FlushOnDrop, LogWriter};
 use leader_proxy::server::{self, Hooks, ReloadHook};
@@ -12,6 +14,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    match Command::of(&args) {
+        Command::Status => return commands::status::main(without_command(args)),
+        Command::Leader => return commands::leader::main(without_command(args)),
+        Command::Proxy => {}
+    }
     let settings = match config::load_from_args(args.clone()) {
         Ok(settings) => settings,
         // Prints help/version (status 0) or the error naming the flag (status 2).
@@ -60,6 +67,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The program name and what follows the command's name, as the command parses it.
+fn without_command(mut args: Vec<OsString>) -> Vec<OsString> {
+    args.remove(1);
+    args
 }
 
 /// Replaces the log filter of the running subscriber.

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::discovery::{AllowList, LeaderAddr, LeaderEvent, Scheme};
+use crate::history::{Change, History, Reason};
 use crate::metrics::Metrics;
 
 /// What the proxy believes about the election.
@@ -85,6 +86,8 @@ pub struct Router {
     /// The proxy's own client listeners, once bound: a leader that is one of them would send
     /// every request back into the proxy (docs/failover.md#loops).
     own: Mutex<Vec<SocketAddr>>,
+    /// The last changes, with their reasons (`GET /leader/history`).
+    history: History,
 }
 
 /// How long the lookup of a new leader's name may take. It runs off the router's event path
@@ -113,6 +116,7 @@ impl Router {
             source,
             allow: AllowList::default(),
             own: Mutex::new(Vec::new()),
+            history: History::default(),
         }
     }
 
@@ -136,6 +140,11 @@ impl Router {
 
     pub fn source(&self) -> Scheme {
         self.source
+    }
+
+    /// The last changes, oldest first (at most [`crate::history::CAPACITY`]).
+    pub fn history(&self) -> Vec<Change> {
+        self.history.changes()
     }
 
     /// True while requests should be sent here: a leader is known (even if the store is
@@ -225,6 +234,8 @@ impl Router {
                 warn!(%reason, "store unreachable; keeping the last leader");
                 let old = self.current();
                 if old.state != State::Degraded {
+                    let leader = name(&old.leader);
+                    self.record(leader.clone(), leader, Reason::Degraded, Some(reason));
                     self.store(Snapshot {
                         state: State::Degraded,
                         since: SystemTime::now(),
@@ -237,6 +248,15 @@ impl Router {
                     self.metrics.leader_disagreements.inc();
                 }
                 let old = self.current();
+                let leader = name(&old.leader);
+                match (&text, &old.disagreement) {
+                    (Some(how), _) => {
+                        let how = how.clone();
+                        self.record(leader.clone(), leader, Reason::Disagreement, Some(how));
+                    }
+                    (None, Some(_)) => self.record(leader.clone(), leader, Reason::Agreement, None),
+                    (None, None) => {}
+                }
                 self.store(Snapshot {
                     disagreement: text.map(Arc::from),
                     ..Snapshot::clone(&old)
@@ -306,6 +326,9 @@ impl Router {
         // The value comes from the store: log it escaped and bounded.
         let shown: String = value.chars().take(200).collect();
         warn!(value = ?shown, %reason, "ignoring invalid leader value; keeping the last leader");
+        let leader = name(&self.current().leader);
+        let detail = format!("{shown:?}: {reason}");
+        self.record(leader.clone(), leader, Reason::Refused, Some(detail));
     }
 
     fn adopt(&self, leader: Option<Arc<Upstream>>, state: State) {
@@ -321,6 +344,15 @@ impl Router {
             (None, Some(since)) => Some(since),
             (None, None) => Some(Instant::now()),
         };
+        let reason = match (&leader, leader_changed) {
+            (Some(_), true) => Some(Reason::Elected),
+            (None, true) => Some(Reason::Expired),
+            _ if old.state == State::Degraded => Some(Reason::Recovered),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.record(name(&old.leader), name(&leader), reason, None);
+        }
         if leader_changed {
             if leader.is_some() {
                 self.metrics.leader_changes.inc();
@@ -342,6 +374,22 @@ impl Router {
             changes,
             generation,
             disagreement: old.disagreement.clone(),
+        });
+    }
+
+    fn record(
+        &self,
+        from: Option<String>,
+        to: Option<String>,
+        reason: Reason,
+        detail: Option<String>,
+    ) {
+        self.history.record(Change {
+            time: SystemTime::now(),
+            from,
+            to,
+            reason,
+            detail,
         });
     }
 
@@ -375,6 +423,11 @@ struct Lookup {
     event: u64,
     name: LeaderAddr,
     addresses: Result<Vec<SocketAddr>, String>,
+}
+
+/// The leader's name as the election wrote it, for the history.
+fn name(leader: &Option<Arc<Upstream>>) -> Option<String> {
+    leader.as_ref().map(|up| up.name.to_string())
 }
 
 /// A leader named by an IP address: resolving it only parses it, so it is done in line.
@@ -466,6 +519,50 @@ mod tests {
             "127.0.0.1:1001"
         );
         assert_eq!(router.metrics.rejected_values.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn records_each_change_with_its_reason() {
+        let router = Router::new(Scheme::Etcd, Arc::new(Metrics::new()));
+        router.apply(leader("127.0.0.1:1001")).await;
+        router.apply(LeaderEvent::Degraded("down".into())).await;
+        router
+            .apply(LeaderEvent::Degraded("still down".into()))
+            .await;
+        router.apply(leader("127.0.0.1:1001")).await;
+        router
+            .apply(LeaderEvent::Rejected {
+                value: "garbage".into(),
+                reason: crate::discovery::ValueError::MissingPort,
+            })
+            .await;
+        router.apply(LeaderEvent::NoLeader).await;
+        router.apply(leader("127.0.0.1:1002")).await;
+        router
+            .apply(LeaderEvent::Disagreement(Some("m2 says replica".into())))
+            .await;
+        router.apply(LeaderEvent::Disagreement(None)).await;
+        // An agreement that ends no disagreement is no change.
+        router.apply(LeaderEvent::Disagreement(None)).await;
+        let history = router.history();
+        let reasons: Vec<&str> = history.iter().map(|c| c.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "elected",
+                "degraded",
+                "recovered",
+                "refused",
+                "expired",
+                "elected",
+                "disagreement",
+                "agreement"
+            ]
+        );
+        assert_eq!(history[6].detail.as_deref(), Some("m2 says replica"));
+        assert_eq!(history[4].from.as_deref(), Some("127.0.0.1:1001"));
+        assert_eq!(history[4].to, None);
+        assert_eq!(history[5].to.as_deref(), Some("127.0.0.1:1002"));
     }
 
     #[tokio::test]

@@ -65,6 +65,14 @@ pub enum StartError {
     Source(#[from] SourceError),
 }
 
+impl Start {
+    /// The leader source alone, for `leader-proxy leader`, which reads the election once
+    /// (src/commands/leader.rs) and serves nothing.
+    pub fn into_source(self) -> Box<dyn LeaderSource> {
+        self.source
+    }
+}
+
 /// Loads every file the settings name and builds the leader source. Must run inside the
 /// tokio runtime (the store clients are built here, not yet connected).
 pub fn build(settings: Settings) -> Result<Start, StartError> {

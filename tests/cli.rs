@@ -100,6 +100,9 @@ fn help_shows_discovery_the_flags_and_their_variables() {
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     for needle in [
         "Usage: leader-proxy [OPTIONS] <DISCOVERY>",
+        "leader-proxy status [--admin ADDR]",
+        "leader-proxy leader [OPTIONS] <DISCOVERY>",
+        "Commands:",
         "DISCOVERY",
         "etcdv3://",
         "--listen <ADDR>",
@@ -272,6 +275,28 @@ fn an_unknown_flag_exits_2() {
     let r = run(&["--no-such-flag", URL]);
     assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
     assert!(r.stderr.contains("--no-such-flag"), "{}", r.stderr);
+}
+
+/// `status` and `leader` are commands only as the first argument; the proxy's own command
+/// line, its errors included, is what it was before they existed (scripts parse it).
+#[test]
+fn the_commands_leave_the_proxy_command_line_as_it_was() {
+    let r = run(&[URL, "status"]);
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        "error: unexpected argument 'status' found\n\n\
+         Usage: leader-proxy [OPTIONS] <DISCOVERY>\n\n\
+         For more information, try '--help'.\n"
+    );
+    let r = run(&["--admin", "off", "leader"]);
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("leader-proxy: invalid DISCOVERY \"leader\""),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -56,6 +56,25 @@ pub use crate::tls::ClientTls;
 use crate::tls::{TlsError, UpstreamTls};
 pub use leader_proxy_parsers::config::{ConfigError, Secret};
 
+/// `leader-proxy status --admin ADDR`: the admin listener to ask, `HOST:PORT` like
+/// `--admin` (an IP or localhost), defaulting to `--admin`'s default.
+pub fn status_admin<I, T>(args: I) -> Result<SocketAddr, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = cli::status_command().try_get_matches_from(args)?;
+    let args = cli::StatusArgs::from_arg_matches(&matches)?;
+    match resolve::admin(args.admin.clone())? {
+        Some(addr) => Ok(addr),
+        None => Err(error::invalid(
+            "admin",
+            args.admin.as_deref().unwrap_or_default(),
+            "expected the HOST:PORT of a running proxy's admin listener",
+        )),
+    }
+}
+
 /// What `main` calls: the command line layered over the process environment, the `--config`
 /// file and the defaults. On `Err(e)`, `e.exit()`.
 pub fn load_from_args<I, T>(args: I) -> Result<Settings, ConfigError>
@@ -66,6 +85,16 @@ where
     load_from(args, &env::process_env()?)
 }
 
+/// What `leader-proxy leader` calls with what follows `leader`: the same options, layered
+/// the same way, as the proxy's (docs/cli.md, "Commands").
+pub fn load_leader_from_args<I, T>(args: I) -> Result<Settings, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    load_with(cli::leader_command(), args, &env::process_env()?)
+}
+
 /// [`load_from_args`] with the environment given as a map instead of read from the process,
 /// so that tests never race on the process environment.
 pub fn load_from<I, T>(args: I, env: &HashMap<String, String>) -> Result<Settings, ConfigError>
@@ -73,7 +102,20 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let flags = cli::command().try_get_matches_from(args)?;
+    load_with(cli::command(), args, env)
+}
+
+/// The settings from `args` as `command` parses them, over `env`, the file and the defaults.
+fn load_with<I, T>(
+    command: clap::Command,
+    args: I,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let flags = command.try_get_matches_from(args)?;
     let env = env::layer(env)?;
     let flag_opts = discovery_opts::parse(
         &Cli::from_arg_matches(&flags)?.discovery_opt,

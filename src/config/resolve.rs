@@ -325,7 +325,7 @@ fn proxy_protocol_from(value: Option<String>) -> Result<Vec<ipnet::IpNet>, Confi
 }
 
 /// `HOST:PORT`, or `off` for no admin listener.
-fn admin(value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+pub(super) fn admin(value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
     let Some(value) = value else {
         return Ok(Some(defaults::ADMIN));
     };

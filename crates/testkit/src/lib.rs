@@ -11,6 +11,7 @@ pub mod bare_pingora;
 pub mod bins;
 pub mod blackhole;
 pub mod certs;
+pub mod command;
 pub mod compose;
 pub mod conformance;
 pub mod consul_double;

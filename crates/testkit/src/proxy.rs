@@ -204,6 +204,16 @@ impl Proxy {
         serde_json::from_str(&crate::http::get_text(&self.admin_url("/leader"))).expect("json")
     }
 
+    /// The changes `/leader/history` keeps, oldest first.
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        let text = crate::http::get_text(&self.admin_url("/leader/history"));
+        let history: serde_json::Value = serde_json::from_str(&text).expect("json");
+        history["changes"]
+            .as_array()
+            .expect("a changes array")
+            .clone()
+    }
+
     /// Polls `/metrics` until the metric at `prefix` reaches `at_least`; panics naming
     /// `what` with the proxy log after `timeout`.
     pub fn wait_for_metric(&self, prefix: &str, at_least: f64, timeout: Duration, what: &str) {

@@ -330,7 +330,8 @@ pub struct Cli {
     )]
     pub upstream_cert_path: Option<String>,
 
-    /// Admin and metrics listener (/leader, /healthz, /readyz, /metrics), or off.
+    /// Admin and metrics listener (/leader, /leader/history, /healthz, /readyz,
+    /// /metrics; `leader-proxy status` asks it), or off.
     /// [default: 127.0.0.1:9375]
     #[arg(
         long,
@@ -372,11 +373,89 @@ pub struct Cli {
     pub config: Option<String>,
 }
 
-/// The command to parse the command line with: [`Cli`]'s, with the environment variables
-/// moved from clap's reading into the help text. `env.rs` reads them instead, from the
-/// process or from a map a test passes in, so that tests never race on the process
+const USAGE: &str = "leader-proxy [OPTIONS] <DISCOVERY>
+       leader-proxy status [--admin ADDR]
+       leader-proxy leader [OPTIONS] <DISCOVERY>";
+
+/// clap's default help template with the two commands after the usage line. Only the help
+/// names them: the command that parses the proxy's line has no subcommands, so its
+/// errors and their usage line stay exactly what they were (see [`command`]).
+const HELP_TEMPLATE: &str = "\
+{before-help}{about-with-newline}
+{usage-heading} {usage}
+       leader-proxy status [--admin ADDR]
+       leader-proxy leader [OPTIONS] <DISCOVERY>
+
+Commands:
+  status  What a running proxy follows: the leader, its state, held requests, the last changes
+  leader  Prints the current leader once: exit 0 with one, 1 without, 3 store unreachable
+
+{all-args}{after-help}";
+
+const STATUS_ABOUT: &str = "Shows what a running proxy follows: the leader and since when, the \
+source's state, the held requests and the last leader changes with their reasons";
+
+const LEADER_ABOUT: &str = "Prints the current leader once and exits: 0 with a leader, 1 \
+without, 3 when the store cannot be reached, 2 on bad input";
+
+/// The command to parse the proxy's command line with: [`Cli`]'s, with the environment
+/// variables moved from clap's reading into the help text. `env.rs` reads them instead,
+/// from the process or from a map a test passes in, so that tests never race on the process
 /// environment and a variable's value is checked like the flag's.
+///
+/// Its help names the `status` and `leader` commands too, but it does not parse them, so
+/// that the proxy's command line, its errors included, is what it always was. A DISCOVERY
+/// is always a URL with `://`, so the binary tells a first argument `status` or `leader`
+/// apart before parsing and runs those with [`status_command`] and [`leader_command`]
+/// (docs/cli.md, "Commands").
 pub fn command() -> clap::Command {
+    options_command().help_template(HELP_TEMPLATE)
+}
+
+/// The whole command line as one clap command, the two commands as subcommands: what the
+/// man pages and the shell completions are rendered from (crates/dist-assets). Not for
+/// parsing (see [`command`]).
+pub fn documented_command() -> clap::Command {
+    options_command()
+        .override_usage(USAGE)
+        .subcommand(status_command())
+        .subcommand(leader_command())
+        .args_conflicts_with_subcommands(true)
+        .disable_help_subcommand(true)
+}
+
+/// `leader-proxy leader`: the proxy's own options (DISCOVERY, `--leader-key`, `--election`,
+/// `--discovery-opt`, `--config`, …, and their variables), so that it reads the election
+/// exactly as the proxy configured the same way would.
+pub fn leader_command() -> clap::Command {
+    options_command()
+        .name("leader")
+        .bin_name("leader-proxy leader")
+        .about(LEADER_ABOUT)
+        .long_about(None)
+        .after_long_help(None::<&str>)
+        .override_usage("leader-proxy leader [OPTIONS] <DISCOVERY>")
+}
+
+/// `leader-proxy status [--admin ADDR]`.
+pub fn status_command() -> clap::Command {
+    StatusArgs::command()
+        .name("status")
+        .bin_name("leader-proxy status")
+        .about(STATUS_ABOUT)
+}
+
+/// The options of `leader-proxy status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
+#[command(version)]
+pub struct StatusArgs {
+    /// The admin listener of the proxy to ask, HOST:PORT. [default: 127.0.0.1:9375]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+}
+
+/// [`Cli`]'s command with the variables moved into the help text (see [`command`]).
+fn options_command() -> clap::Command {
     Cli::command().mut_args(|arg| {
         let Some(var) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
             return arg;
@@ -399,6 +478,7 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         command().debug_assert();
+        documented_command().debug_assert();
     }
 
     #[test]
