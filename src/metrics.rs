@@ -56,6 +56,9 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     /// Client connections closed at once because `--max-connections` were open.
     pub client_connections_refused: IntCounter,
+    /// Requests the access policy refused, by `rule` (`section`, `read-only`,
+    /// `privileged`, `bind-mounts`, …; docs/policy.md).
+    pub policy_denials: IntCounterVec,
 }
 
 impl Metrics {
@@ -179,6 +182,14 @@ impl Metrics {
             "Client connections open now (at most --max-connections)",
         )
         .expect("valid metric");
+        let policy_denials = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_policy_denials_total",
+                "Requests the access policy refused, by rule",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
         let client_connections_refused = IntCounter::new(
             "leader_proxy_client_connections_refused_total",
             "Client connections refused because --max-connections were open",
@@ -205,6 +216,7 @@ impl Metrics {
             Box::new(dropped_log_lines.clone()),
             Box::new(client_connections.clone()),
             Box::new(client_connections_refused.clone()),
+            Box::new(policy_denials.clone()),
         ] {
             registry
                 .register(collector)
@@ -233,6 +245,7 @@ impl Metrics {
             dropped_log_source: None,
             client_connections,
             client_connections_refused,
+            policy_denials,
         }
     }
 
