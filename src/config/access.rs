@@ -4,11 +4,13 @@
 //! from them at start and again on SIGHUP.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::cli::{Cli, ListenerTable};
 use super::error::{invalid, ConfigError};
 use super::{ListenAddr, Mode, Settings};
+use crate::policy::owner::OwnerLabel;
 use crate::policy::path::clean_fs_path;
 use crate::policy::{DenyRule, Policy, PolicyError, PolicySet, PolicySettings, Section};
 
@@ -18,6 +20,8 @@ struct PolicyText {
     read_only: Option<bool>,
     deny: Option<String>,
     bind_mounts: Option<String>,
+    owner_label: Option<String>,
+    policy_rego: Option<String>,
 }
 
 /// The policy options of the command line, the environment and the file, taken out of
@@ -35,6 +39,8 @@ impl Options {
                 read_only: cli.read_only.take(),
                 deny: cli.deny.take(),
                 bind_mounts: cli.bind_mounts.take(),
+                owner_label: cli.owner_label.take(),
+                policy_rego: cli.policy_rego.take(),
             },
             tables: std::mem::take(&mut cli.listener),
         }
@@ -84,6 +90,8 @@ fn refuse_in_tcp_mode(options: &Options) -> Result<(), ConfigError> {
         ("read-only", text.read_only.map(|b| b.to_string())),
         ("deny", text.deny.clone()),
         ("bind-mounts", text.bind_mounts.clone()),
+        ("owner-label", text.owner_label.clone()),
+        ("policy-rego", text.policy_rego.clone()),
     ]
     .into_iter()
     .find_map(|(flag, value)| value.map(|v| (flag, v)))
@@ -116,6 +124,8 @@ fn table_settings(table: &ListenerTable) -> Result<(ListenAddr, PolicySettings),
         read_only: table.read_only,
         deny: table.deny.clone(),
         bind_mounts: table.bind_mounts.clone(),
+        owner_label: table.owner_label.clone(),
+        policy_rego: table.policy_rego.clone(),
     };
     let policy = settings(&text, Some(&table.address))?;
     Ok((addr, policy))
@@ -190,11 +200,31 @@ fn settings(text: &PolicyText, table: Option<&str>) -> Result<PolicySettings, Co
             Some(paths)
         }
     };
+    let owner_label = match &text.owner_label {
+        None => None,
+        Some(value) => Some(OwnerLabel::parse(value).map_err(|e| {
+            let reason = place(e.reason.clone());
+            policy_error(PolicyError { reason, ..e })
+        })?),
+    };
+    let policy_rego = match &text.policy_rego {
+        None => None,
+        Some(value) if value.trim().is_empty() => {
+            return Err(invalid(
+                "policy-rego",
+                value,
+                place("expected a file".to_string()),
+            ))
+        }
+        Some(value) => Some(PathBuf::from(value)),
+    };
     Ok(PolicySettings {
         allow,
         read_only: text.read_only.unwrap_or(false),
         deny,
         bind_mounts,
+        owner_label,
+        policy_rego,
     })
 }
 
@@ -301,6 +331,39 @@ mod tests {
         assert!(
             e.to_string().contains("--read-only") && e.to_string().contains("--mode http"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn owner_label_and_policy_rego_are_checked_at_start() {
+        let s = load(&["--owner-label", "ci=job-1", URL]).unwrap();
+        let label = s.listen_policy[0].owner_label.as_ref().expect("label");
+        assert_eq!(label.filter(), "ci=job-1");
+        for bad in ["ci", "=x", "ci=", "a b=c"] {
+            let e = load(&["--owner-label", bad, URL]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--owner-label"), "{e}");
+        }
+        let e = load(&["--mode", "tcp", "--owner-label", "ci=x", URL]).unwrap_err();
+        assert!(e.to_string().contains("--owner-label"), "{e}");
+        // The file is read when the policy is built: at start and on SIGHUP.
+        let s = load(&["--policy-rego", "/nonexistent/authz.rego", URL]).unwrap();
+        let e = super::Policies::build(&s).err().expect("a missing file");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--policy-rego"), "{e}");
+        let f = file(
+            "listen = [\"127.0.0.1:1\"]\n\
+             [[listener]]\naddress = \"unix:///tmp/ci.sock\"\nowner-label = \"ci=job-2\"\n",
+        );
+        let s = load(&["--config", path(&f), "--owner-label", "ci=other", URL]).unwrap();
+        let labels: Vec<_> = s
+            .listen_policy
+            .iter()
+            .map(|p| p.owner_label.as_ref().map(|l| l.filter()))
+            .collect();
+        assert_eq!(
+            labels,
+            [Some("ci=other".to_string()), Some("ci=job-2".to_string())]
         );
     }
 

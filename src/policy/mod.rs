@@ -8,14 +8,17 @@
 //! checks, in the order they run:
 //! - [`sections::Sections`]: `--allow` and `--read-only` (method and API section);
 //! - [`body::BodyRules`]: `--deny` and `--bind-mounts` (the create/update bodies);
-//! - ownership (`--owner-label`) and Rego (`--policy-rego`), added by [`Policy::build`]
-//!   from their own files. A check may rewrite the [`Call`] (a label added to a create body,
-//!   a label filter merged into `filters`) and may ask the current leader about an object
-//!   through [`Inspect`].
+//! - [`rego::RegoPolicy`]: `--policy-rego`, over the request as the client sent it;
+//! - [`owner::Ownership`]: `--owner-label`, last, since it rewrites the [`Call`] (a label
+//!   added to a create body, a label filter merged into `filters`) and asks the current
+//!   leader about objects through [`Inspect`], which only a request every other check
+//!   passed is worth.
 
 pub mod body;
 pub mod call;
+pub mod owner;
 pub mod path;
+pub mod rego;
 pub mod sections;
 pub mod set;
 pub mod settings;
@@ -86,6 +89,12 @@ impl Policy {
         }
         if let Some(rules) = body::BodyRules::new(settings) {
             checks.push(Box::new(rules));
+        }
+        if let Some(file) = &settings.policy_rego {
+            checks.push(Box::new(rego::RegoPolicy::load(file)?));
+        }
+        if let Some(label) = &settings.owner_label {
+            checks.push(Box::new(owner::Ownership::new(label.clone())));
         }
         Ok(Self { checks })
     }

@@ -221,7 +221,17 @@ impl Ownership {
         }
         if kind == Kind::Container {
             for referred in referred_containers(&body["HostConfig"]) {
-                self.owned(Kind::Container, &referred, inspect).await?;
+                // dockerd answers a create naming a missing container `400` (a `404`
+                // would make the docker CLI look for the image and try to pull it).
+                self.owned(Kind::Container, &referred, inspect)
+                    .await
+                    .map_err(|deny| match deny.status {
+                        404 => Deny {
+                            status: 400,
+                            ..deny
+                        },
+                        _ => deny,
+                    })?;
             }
         }
         self.label.stamp(&mut body["Labels"]);
@@ -566,7 +576,7 @@ mod tests {
             let body = json!({"Image": "bb", "HostConfig": host});
             assert_eq!(
                 denied(check("POST", "/containers/create", Some(body)).await),
-                (404, "No such container: theirs".to_string()),
+                (400, "No such container: theirs".to_string()),
                 "{host}"
             );
         }

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::path::PathBuf;
+
+use super::owner::OwnerLabel;
 
 /// A listener's policy settings. The default changes nothing: every request passes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -16,6 +19,11 @@ pub struct PolicySettings {
     /// `--bind-mounts`: the directories bind-mount sources must be under, cleaned
     /// (`policy::path::clean_fs_path`); `None`: any, `Some(empty)` (`none`): no bind mount.
     pub bind_mounts: Option<Vec<String>>,
+    /// `--owner-label`: the label this listener's objects carry (`policy::owner`).
+    pub owner_label: Option<OwnerLabel>,
+    /// `--policy-rego`: the Rego file, read when the policy is built (at start and on
+    /// SIGHUP) by `policy::rego`.
+    pub policy_rego: Option<PathBuf>,
 }
 
 impl PolicySettings {

@@ -407,6 +407,27 @@ pub struct Cli {
     #[serde(deserialize_with = "super::file::comma_list")]
     pub bind_mounts: Option<String>,
 
+    /// Give containers, volumes, networks and services created this label; show and let
+    /// clients touch only objects that carry it (404 for the others); refuse image
+    /// removal. [default: none]
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        env = "LEADER_PROXY_OWNER_LABEL",
+        help_heading = "Policy"
+    )]
+    pub owner_label: Option<String>,
+
+    /// Rego policy (opa-docker-authz's input, v0 or v1) whose data.docker.authz.allow
+    /// must be true for a request to pass. [default: none]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LEADER_PROXY_POLICY_REGO",
+        help_heading = "Policy"
+    )]
+    pub policy_rego: Option<String>,
+
     /// `[[listener]]` tables of the --config file: a listener with a policy of its own.
     #[arg(skip)]
     pub listener: Vec<ListenerTable>,
@@ -439,6 +460,8 @@ pub struct ListenerTable {
     pub deny: Option<String>,
     #[serde(deserialize_with = "super::file::comma_list")]
     pub bind_mounts: Option<String>,
+    pub owner_label: Option<String>,
+    pub policy_rego: Option<String>,
 }
 
 /// The command to parse the command line with: [`Cli`]'s, with the environment variables
