@@ -125,7 +125,13 @@ fn dockerd_rego_examples_decide_what_goes_through() {
         "{py}"
     );
     assert_eq!(docker_py(&url, IMAGE, false)["created"], true);
-    deny.wait_for_log("rego", Duration::from_secs(10));
+    // Three CLI refusals and docker-py's, each counted under the rule `rego`.
+    deny.wait_for_metric(
+        "leader_proxy_policy_denials_total{rule=\"rego\"}",
+        4.0,
+        CMD,
+        "Rego denials counted",
+    );
 
     // allowed-images.rego (Rego v1): only the listed images make containers.
     let images = proxy(&etcd, &dockerd, "allowed-images.rego", &[]);
@@ -203,4 +209,42 @@ fn a_rego_file_that_does_not_compile_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--policy-rego"), "{stderr}");
+}
+
+/// SIGHUP reads the Rego file again: a file that does not compile is refused and the
+/// policy in use stays; a good one replaces it. No leader is needed: a request the policy
+/// refuses is answered `403` by the proxy, one it passes finds no leader (`503` at once
+/// with `--max-held 0`).
+#[test]
+fn sighup_reloads_the_rego_file_and_keeps_the_old_one_when_bad() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("authz.rego");
+    let only_head =
+        "package docker.authz\n\ndefault allow = false\n\nallow {\n\tinput.Method == \"HEAD\"\n}\n";
+    std::fs::write(&file, only_head).expect("write");
+    let policy = file.display().to_string();
+    let proxy = Proxy::start(&[
+        "--policy-rego",
+        &policy,
+        "--max-held",
+        "0",
+        "static://127.0.0.1:1",
+    ]);
+    let status = || {
+        testkit::http::request(proxy.addr(), "GET", "/v1.41/_ping", &[], b"", CMD)
+            .expect("GET /_ping")
+            .status
+    };
+    assert_eq!(status(), 403);
+
+    std::fs::write(&file, "package docker.authz\nallow {\n").expect("write");
+    testkit::proxy::signal(proxy.pid(), "HUP");
+    proxy.wait_for_log("SIGHUP: keeping the access policies in use", CMD);
+    assert!(proxy.log().contains("--policy-rego"), "{}", proxy.log());
+    assert_eq!(status(), 403, "the old policy is still in force");
+
+    std::fs::write(&file, "package docker.authz\n\nallow := true\n").expect("write");
+    testkit::proxy::signal(proxy.pid(), "HUP");
+    proxy.wait_for_log("SIGHUP: access policies reloaded", CMD);
+    assert_eq!(status(), 503, "passed by the new policy, and no leader");
 }
