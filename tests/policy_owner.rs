@@ -222,6 +222,24 @@ fn dockerd_owner_labels_keep_two_jobs_apart() {
     );
     assert!(!images.stdout_text().trim().is_empty(), "{images}");
 
+    // Events: only the job's own containers' (the label is merged into `filters`).
+    let until = a.ok(&["info", "--format", "{{.SystemTime}}"]);
+    let events = a.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        until.trim(),
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Actor.Attributes.name}}",
+    ]);
+    let mut seen = lines(&events);
+    seen.dedup();
+    assert!(seen.contains(&"a-run".to_string()), "{events}");
+    assert!(seen.iter().all(|name| !name.starts_with("b-")), "{events}");
+
     a.ok(&["rm", "-f", "a-run"]);
     b.ok(&["rm", "-f", "b-run"]);
 }
