@@ -41,7 +41,7 @@ pub async fn apply<C: AsyncRead + AsyncWrite + Unpin>(
         Err((deny, request)) => {
             let (user, _) = who(client);
             warn!(target: "access", client = %client.peer, user = %user, request = %request,
-                rule = deny.rule, status = deny.status, "policy: {}", deny.message);
+                rule = deny.rule, status = deny.status, "denied: {}", deny.message);
             metrics.policy_denials.with_label_values(&[deny.rule]).inc();
             metrics
                 .requests
