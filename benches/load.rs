@@ -200,14 +200,18 @@ fn main() {
 
     println!();
     let with_before = before.is_some();
-    println!(
+    // The HAProxy table, unless only policy rows ran (`LOAD_ONLY=policy`).
+    let main_rows = cases.iter().any(|c| !c.policy);
+    if main_rows {
+        println!(
         "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio |{}",
         if with_before { " before req/s | before p99 | before: req/s ratio, p99 ratio |" } else { "" }
     );
-    println!(
-        "|---|---|---|---|---|---|---|{}",
-        if with_before { "---|---|---|" } else { "" }
-    );
+        println!(
+            "|---|---|---|---|---|---|---|{}",
+            if with_before { "---|---|---|" } else { "" }
+        );
+    }
     for case in cases.iter().filter(|c| !c.policy) {
         let rps = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.requests_per_sec));
         let p50 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p50 * 1e3));
