@@ -327,6 +327,33 @@ fn the_normalised_path_is_what_is_forwarded() {
     }
 }
 
+/// Requests the hijack relay would carry (`Upgrade: tcp`: exec start, attach) are checked
+/// like any other, before anything is relayed.
+#[test]
+fn hijacked_requests_are_checked_too() {
+    let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&["--allow", "containers,ping"]);
+    let mut conn = TcpStream::connect(proxy.addr()).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    conn.write_all(
+        b"POST /v1.41/exec/e1/start HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n\
+          Upgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .expect("write");
+    let (status, body) = read_response(&mut conn);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("section exec is not allowed"), "{body}");
+    // Attach is in `containers`: relayed, and upgraded by the manager.
+    let mut conn = TcpStream::connect(proxy.addr()).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    conn.write_all(
+        b"POST /v1.41/containers/c1/attach?stream=1 HTTP/1.1\r\nHost: d\r\n\
+          Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n",
+    )
+    .expect("write");
+    let (status, _) = read_response(&mut conn);
+    assert_eq!(status, 101);
+}
+
 /// Reads one response with a `Content-Length` body off a keep-alive connection.
 fn read_response(conn: &mut TcpStream) -> (u16, String) {
     let mut raw = Vec::new();
