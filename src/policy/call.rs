@@ -160,3 +160,51 @@ impl Deny {
         Self::new(403, rule, format!("leader-proxy policy: {message}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(target: &str) -> Call {
+        Call::new("GET", target, Vec::new(), String::new(), String::new()).unwrap()
+    }
+
+    #[test]
+    fn the_target_forwarded_is_the_normalised_one_with_the_query() {
+        let c = call("/v1.45//containers/%2e%2e/containers/a%20b/json?all=1");
+        assert_eq!(c.plain, "/containers/a b/json");
+        assert_eq!(c.target(), "/v1.45/containers/a%20b/json?all=1");
+        assert_eq!(c.segments(), ["containers", "a b", "json"]);
+        assert_eq!(call("/_ping").target(), "/_ping");
+        assert_eq!(
+            Call::new("GET", "no-slash", Vec::new(), String::new(), String::new())
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn query_parameters_are_read_decoded_and_replaced_whole() {
+        let mut c = call("/containers/json?all=1&filters=%7B%22a%22%3A1%7D&x=a+b");
+        assert_eq!(
+            c.query_pairs(),
+            [
+                ("all".to_string(), "1".to_string()),
+                ("filters".to_string(), r#"{"a":1}"#.to_string()),
+                ("x".to_string(), "a b".to_string()),
+            ]
+        );
+        c.set_query_param("filters", r#"{"label":["ci=1"]}"#);
+        assert_eq!(
+            c.query,
+            "all=1&x=a+b&filters=%7B%22label%22%3A%5B%22ci%3D1%22%5D%7D"
+        );
+        assert_eq!(c.query_pairs()[2].1, r#"{"label":["ci=1"]}"#);
+        c.set_body(serde_json::json!({"Labels": {"ci": "1"}}));
+        assert_eq!(
+            c.body_bytes.as_deref(),
+            Some(&br#"{"Labels":{"ci":"1"}}"#[..])
+        );
+    }
+}

@@ -41,16 +41,35 @@ pub async fn apply<C: AsyncRead + AsyncWrite + Unpin>(
         Err((deny, request)) => {
             let (user, _) = who(client);
             warn!(target: "access", client = %client.peer, user = %user, request = %request,
-                rule = deny.rule, status = deny.status, "policy: {}", deny.message);
+                rule = deny.rule, status = deny.status, "denied: {}", deny.message);
             metrics.policy_denials.with_label_values(&[deny.rule]).inc();
             metrics
                 .requests
                 .with_label_values(&[&deny.status.to_string()])
                 .inc();
-            write_docker_error(stream, deny.status, &deny.message).await;
+            if request.starts_with("HEAD ") {
+                // A HEAD answer has no body (`docker cp` asks with HEAD first).
+                write_head_only(stream, deny.status).await;
+            } else {
+                write_docker_error(stream, deny.status, &deny.message).await;
+            }
             Gated::Answered
         }
     }
+}
+
+/// A denial of a `HEAD` request: the status alone, then the connection closes.
+async fn write_head_only<C: AsyncWrite + Unpin>(stream: &mut C, status: u16) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error")
+    );
+    // The client may be gone already; there is nobody left to tell.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.flush().await;
 }
 
 /// The head as the checks see it; `Err` carries the denial and the request line for the
