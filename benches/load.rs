@@ -18,6 +18,10 @@
 //! each on a new client connection, direct and through each proxy, where a delayed-ACK
 //! stall on a pooled upstream connection shows as ~40 ms.
 //!
+//! The access policy's cost (issue 14, item 8): rows `L7 ping … policy` load leader-proxy
+//! with a sections-only policy (`--allow`, [`POLICY`]) beside the same proxy without one,
+//! in the same rounds, and print the ratio (`LOAD_ONLY=policy` runs just those).
+//!
 //! Not a test: it asserts nothing but that every request succeeded. Run with `scripts/bench`
 //! (or `cargo bench --bench load`). `LOAD_ROUNDS`, `LOAD_SECONDS` and `LOAD_ONLY` (a
 //! substring of a row's name, e.g. `L7 ping`) shorten it while working on one path; the
@@ -40,6 +44,8 @@ const SECONDS: u64 = 10;
 const CONNECTIONS: u32 = 64;
 /// Seconds per sequential split-write run.
 const SPLIT_SECONDS: u64 = 5;
+/// The sections-only policy whose cost the `… policy` rows measure (`/_ping` is `ping`).
+const POLICY: &str = "ping,containers,images,version,info";
 
 /// One row of the comparison: a mode, a body and a connection policy, and the targets
 /// loaded for it: HAProxy, leader-proxy, and the "before" build when one is given.
@@ -50,6 +56,8 @@ struct Case {
     /// `(label, address)` per target; `results[i]` are target `i`'s rounds.
     targets: Vec<(&'static str, String)>,
     results: Vec<Vec<LoadResult>>,
+    /// A policy row: leader-proxy without a policy (the anchor) and with [`POLICY`].
+    policy: bool,
 }
 
 fn main() {
@@ -81,6 +89,7 @@ fn main() {
 
     let l7 = BenchProxy::start(&[&store("load")]);
     let l4 = BenchProxy::start(&["--mode", "tcp", &store("load")]);
+    let l7_policy = BenchProxy::start(&["--allow", POLICY, &store("load")]);
     let before = before_bin.as_ref().map(|bin| {
         (
             BenchProxy::start_binary(bin, &[&store("load")]),
@@ -93,6 +102,7 @@ fn main() {
     for proxy in [
         Some(&l7),
         Some(&l4),
+        Some(&l7_policy),
         before.as_ref().map(|b| &b.0),
         before.as_ref().map(|b| &b.1),
     ]
@@ -129,8 +139,26 @@ fn main() {
                     close,
                     results: vec![Vec::new(); targets.len()],
                     targets,
+                    policy: false,
                 });
             }
+        }
+    }
+    for (conn, close) in [("keep-alive", false), ("close", true)] {
+        let name = format!("L7 ping {conn} policy");
+        if name.contains(&only) {
+            let targets = vec![
+                ("leader-proxy", l7.addr().to_string()),
+                ("with policy", l7_policy.addr().to_string()),
+            ];
+            cases.push(Case {
+                name,
+                path: "/_ping",
+                close,
+                results: vec![Vec::new(); targets.len()],
+                targets,
+                policy: true,
+            });
         }
     }
 
@@ -180,12 +208,15 @@ fn main() {
     }
 
     println!();
-    // Targets beyond the first two (the before build, bare pingora in L7) share one column.
-    println!(
-        "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio | others: req/s (req/s ratio, p99 ratio) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for case in &cases {
+    // The HAProxy table, unless only policy rows ran (`LOAD_ONLY=policy`). Targets beyond
+    // the first two (the before build, bare pingora in L7) share one column.
+    if cases.iter().any(|c| !c.policy) {
+        println!(
+            "| case | HAProxy req/s | leader-proxy req/s | req/s ratio | HAProxy p50 / p99 | leader-proxy p50 / p99 | p99 ratio | others: req/s (req/s ratio, p99 ratio) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+    }
+    for case in cases.iter().filter(|c| !c.policy) {
         let rps = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.requests_per_sec));
         let p50 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p50 * 1e3));
         let p99 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p99 * 1e3));
@@ -233,10 +264,48 @@ fn main() {
         println!("{row}");
     }
 
+    policy_cost(&cases);
+
     if "split-write".contains(&only) || only.is_empty() {
         split_write(&split, &store("split"), rounds, before_bin.as_deref());
     }
-    drop((l7, l4));
+    drop((l7, l4, l7_policy));
+}
+
+/// The `… policy` rows: leader-proxy with `--allow POLICY` against itself without a policy,
+/// loaded in the same rounds (issue 14 asks for at most 5% fewer req/s).
+fn policy_cost(cases: &[Case]) {
+    let rows: Vec<&Case> = cases.iter().filter(|c| c.policy).collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("policy cost: leader-proxy --allow {POLICY} against leader-proxy without a policy");
+    println!(
+        "| case | without req/s | with req/s | req/s ratio | without p99 | with p99 | p99 ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for case in rows {
+        let rps = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.requests_per_sec));
+        let p99 = |r: &[LoadResult]| Spread::of(r.iter().map(|x| x.p99 * 1e3));
+        let (without, with) = (&case.results[0], &case.results[1]);
+        let (w_rps, p_rps) = (rps(without), rps(with));
+        let (w_p99, p_p99) = (p99(without), p99(with));
+        println!(
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | **{:.3}×** | {:.2} ms | {:.2} ms | {:.2}× |",
+            case.name,
+            w_rps.median,
+            w_rps.min,
+            w_rps.max,
+            p_rps.median,
+            p_rps.min,
+            p_rps.max,
+            p_rps.median / w_rps.median,
+            w_p99.median,
+            p_p99.median,
+            p_p99.median / w_p99.median,
+        );
+    }
 }
 
 /// Sequential requests to the split-write upstream: direct (the anchor), through HAProxy

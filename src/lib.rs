@@ -5,6 +5,7 @@
 //! - [`discovery`]: one [`discovery::LeaderSource`] per store, turning its election into
 //!   [`discovery::LeaderEvent`]s;
 //! - [`router`]: the current leader, read with one atomic load per request;
+//! - [`policy`]: what a client may ask through a listener (sections, bodies, ownership);
 //! - [`proxy`]: the pingora front, the L7 proxy and the hijack relay;
 //! - [`tls`]: TLS for clients and to the managers, reloaded on SIGHUP;
 //! - [`admin`], [`history`] and [`metrics`]: what operators and load balancers look at;
@@ -20,6 +21,7 @@ pub mod keepalive;
 pub mod limits;
 pub mod log_writer;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -10,6 +10,7 @@ use leader_proxy::server::{self, Hooks, ReloadHook};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         }
     };
     let hooks = Hooks {
-        on_sighup: Some(log_level_reload(args, set_filter)),
+        on_sighup: Some(settings_reload(args, set_filter, start.policies())),
         dropped_log_lines: Some(Box::new(move || log.dropped_lines())),
     };
     match runtime.block_on(server::run(start, hooks)) {
@@ -115,14 +116,27 @@ fn init_logging(settings: &Settings) -> std::io::Result<(SetFilter, LogWriter, F
 }
 
 /// SIGHUP's part of the binary: the settings are read again as at start (the same command
-/// line, the environment, the `--config` file, which may have changed) and only their log
-/// level is applied. Settings that no longer load keep the level in use.
-fn log_level_reload(args: Vec<OsString>, set_filter: SetFilter) -> ReloadHook {
+/// line, the environment, the `--config` file, which may have changed) and their log level
+/// and access policies are applied. Settings that no longer load, or policies that do not
+/// build, keep what is in use.
+fn settings_reload(
+    args: Vec<OsString>,
+    set_filter: SetFilter,
+    policies: Arc<config::Policies>,
+) -> ReloadHook {
     Box::new(move || match config::load_from_args(args.clone()) {
-        Ok(settings) => match set_filter(filter(&settings)) {
-            Ok(()) => tracing::info!("SIGHUP: log level {}", settings.log_level),
-            Err(e) => tracing::warn!("SIGHUP: cannot change the log level: {e}"),
-        },
-        Err(e) => tracing::warn!("SIGHUP: the settings do not load, the log level stays: {e}"),
+        Ok(settings) => {
+            match set_filter(filter(&settings)) {
+                Ok(()) => tracing::info!("SIGHUP: log level {}", settings.log_level),
+                Err(e) => tracing::warn!("SIGHUP: cannot change the log level: {e}"),
+            }
+            match policies.reload(&settings) {
+                Ok(()) => tracing::info!("SIGHUP: access policies reloaded"),
+                Err(e) => tracing::warn!("SIGHUP: keeping the access policies in use: {e}"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!("SIGHUP: the settings do not load, the log level and policies stay: {e}")
+        }
     })
 }

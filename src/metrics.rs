@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Client connections admitted (not refused by `--max-connections`), in both modes, by
     /// `listener` (as in `requests`).
     pub accepted_connections: IntCounterVec,
+    /// Requests the access policy refused, by `rule` (`section`, `read-only`,
+    /// `privileged`, `bind-mounts`, …; docs/policy.md).
+    pub policy_denials: IntCounterVec,
 }
 
 impl Metrics {
@@ -184,6 +187,14 @@ impl Metrics {
             "Client connections open now (at most --max-connections)",
         )
         .expect("valid metric");
+        let policy_denials = IntCounterVec::new(
+            Opts::new(
+                "leader_proxy_policy_denials_total",
+                "Requests the access policy refused, by rule",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
         let client_connections_refused = IntCounter::new(
             "leader_proxy_client_connections_refused_total",
             "Client connections refused because --max-connections were open",
@@ -219,6 +230,7 @@ impl Metrics {
             Box::new(client_connections.clone()),
             Box::new(client_connections_refused.clone()),
             Box::new(accepted_connections.clone()),
+            Box::new(policy_denials.clone()),
         ] {
             registry
                 .register(collector)
@@ -248,6 +260,7 @@ impl Metrics {
             client_connections,
             client_connections_refused,
             accepted_connections,
+            policy_denials,
         }
     }
 

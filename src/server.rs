@@ -13,11 +13,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::Admin;
-use crate::config::{ConfigError, ListenAddr, Mode, Settings};
+use crate::config::{ConfigError, ListenAddr, Mode, Policies, Settings};
 use crate::discovery::verify::Verified;
 use crate::discovery::{source_for, LeaderSource, SourceError};
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::policy::ListenerPolicy;
 use crate::proxy::cap::ConnectionCap;
 use crate::proxy::drain::Drain;
 use crate::proxy::front::Front;
@@ -51,6 +52,15 @@ pub struct Start {
     /// `--upstream-cert-path`: one instance for the proxy and the `swarm://`/`static://`
     /// probes, so one SIGHUP reloads it for both.
     upstream_tls: Option<Arc<UpstreamTls>>,
+    /// The listeners' access policies; the binary's SIGHUP hook reloads them.
+    policies: Arc<Policies>,
+}
+
+impl Start {
+    /// The access policies, for the binary's SIGHUP hook ([`Policies::reload`]).
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.clone()
+    }
 }
 
 /// Why the process cannot start. Each is a setting that cannot work, so the binary exits 2
@@ -93,11 +103,13 @@ pub fn build(settings: Settings) -> Result<Start, StartError> {
     if settings.verify_leader {
         source = Box::new(Verified::new(source, &config)?);
     }
+    let policies = Arc::new(Policies::build(&settings)?);
     Ok(Start {
         settings,
         source,
         server_tls,
         upstream_tls,
+        policies,
     })
 }
 
@@ -109,6 +121,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         source,
         server_tls,
         upstream_tls,
+        policies,
     } = start;
     // Before anything listens: SIGHUP's default action would end the process.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -189,9 +202,11 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                     upstream_tls.clone(),
                 ),
                 drain,
+                metrics.clone(),
             )),
             tls: server_tls,
             metrics: metrics.clone(),
+            policy: ListenerPolicy::open(),
         },
         Mode::Tcp => Service::Tcp(Arc::new(L4Proxy::new(
             hold,
@@ -223,7 +238,11 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     }
     let mut listeners = Vec::new();
     let mut own = Vec::new();
-    for listen in &settings.listen {
+    for (index, listen) in settings.listen.iter().enumerate() {
+        let mut clients = clients.clone();
+        if let Service::Http { policy, .. } = &mut clients.service {
+            *policy = policies.set().listener(index);
+        }
         match listen {
             ListenAddr::Tcp(addr) => {
                 let listener = bind_tcp(*addr)

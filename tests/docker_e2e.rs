@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use testkit::certs::Certs;
-use testkit::dockerd::{docker, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER, PYTHON};
+use testkit::dockerd::{
+    docker, require_docker_py, run, Dockerd, Output, DEBIAN_DOCKER, DOCKER, PYTHON,
+};
 use testkit::etcd::Etcd;
 use testkit::programs::Program;
 
@@ -540,18 +542,6 @@ finally:
             print("cleanup:", e, file=sys.stderr)
 print(json.dumps(r))
 "#;
-
-fn require_docker_py() {
-    let out = run(
-        Command::new(PYTHON).args(["-c", "import docker"]),
-        None,
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.ok(),
-        "docker-py is missing for {PYTHON}: apt-get install python3-docker\n{out}"
-    );
-}
 
 // ---------------------------------------------------------------------------------------
 // --on-leader-change drain|close, --drain-timeout.

@@ -12,7 +12,9 @@
 //!
 //! Here, what needs the typed settings:
 //! - `resolve.rs`: text to typed [`Settings`], with the defaults;
-//! - `policy.rs`: which listeners may open and which TLS options go together.
+//! - `policy.rs`: which listeners may open and which TLS options go together;
+//! - `access.rs`: the access policy per listener (`--allow`, `--deny`, …, `[[listener]]`)
+//!   and [`Policies`], the running ones, rebuilt on SIGHUP.
 //!
 //! Adding a flag is one field in [`Cli`], whose doc comment is its help: its variable and
 //! its file key follow from it. Its typed value is then a field of [`Settings`] and a line
@@ -29,6 +31,7 @@
 //! - `listen` is a list taken whole from the highest source that gives it;
 //! - `discovery-opt` is merged per key (`discovery_opts.rs`).
 
+mod access;
 mod policy;
 mod resolve;
 #[cfg(test)]
@@ -49,8 +52,10 @@ use std::time::Duration;
 
 use clap::{ArgMatches, FromArgMatches};
 
+pub use self::access::Policies;
 use self::cli::Cli;
 use crate::discovery::{AllowList, DiscoveryUrl, Election, SourceConfig};
+pub use crate::policy::PolicySettings;
 use crate::proxy::drain::OnLeaderChange;
 pub use crate::tls::ClientTls;
 use crate::tls::{TlsError, UpstreamTls};
@@ -218,6 +223,9 @@ pub enum LogFormat {
 pub struct Settings {
     pub discovery: DiscoveryUrl,
     pub listen: Vec<ListenAddr>,
+    /// The access policy of each `listen` entry, in the same order: the global one
+    /// (`--allow`, `--deny`, …), or its `[[listener]]` table's.
+    pub listen_policy: Vec<PolicySettings>,
     /// Permissions of unix listeners (`--socket-mode`).
     pub socket_mode: u32,
     /// Group id of unix listeners (`--socket-group`, by name or number); `None`: the

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::cli::Cli;
 use super::error::{invalid, ConfigError};
-use super::{policy, ListenAddr, LogFormat, Mode, Secret, Settings};
+use super::{access, policy, ListenAddr, LogFormat, Mode, Secret, Settings};
 use crate::discovery::{AllowList, DiscoveryUrl, Election, LeaderAddr, Scheme};
 use crate::proxy::drain::OnLeaderChange;
 
@@ -37,9 +37,10 @@ const CONTENDER_SCHEMES: &[Scheme] = &[Scheme::EtcdV3, Scheme::Zk];
 /// Checks the layered values and fills in the defaults. `discovery_opts` are merged per key
 /// beforehand (`discovery_opts.rs`), so `cli.discovery_opt` is not read here.
 pub(super) fn resolve(
-    cli: Cli,
+    mut cli: Cli,
     discovery_opts: BTreeMap<String, Secret>,
 ) -> Result<Settings, ConfigError> {
+    let access = access::Options::take(&mut cli);
     let discovery = discovery(cli.discovery)?;
     let mode = one_of(
         "mode",
@@ -47,7 +48,9 @@ pub(super) fn resolve(
         &[("http", Mode::Http), ("tcp", Mode::Tcp)],
         Mode::Http,
     )?;
+    let listen_given = !cli.listen.is_empty();
     let listen = listen(cli.listen)?;
+    let (listen, listen_policy) = access::listeners(listen, listen_given, access, mode)?;
     let socket_mode = socket_mode(cli.socket_mode)?;
     let socket_group = socket_group(cli.socket_group)?;
     let max_connections = max_connections(cli.max_connections)?;
@@ -113,6 +116,7 @@ pub(super) fn resolve(
     Ok(Settings {
         discovery,
         listen,
+        listen_policy,
         socket_mode,
         socket_group,
         mode,

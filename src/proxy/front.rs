@@ -29,9 +29,13 @@ use tracing::{debug, info, warn};
 use super::client_identity::{self, ClientIdentity};
 use super::coalesce::Coalesced;
 use super::drain::{Drain, RequestUpstream};
+use super::gate::{self, Gated};
 use super::head::{read_head, Head};
 use super::hijack::{HijackRelay, Relayed};
 use super::http::DockerApi;
+use super::inspect::LeaderInspect;
+use crate::metrics::Metrics;
+use crate::policy::ListenerPolicy;
 use crate::tls::TlsConn;
 
 /// How long a client connection may sit idle between requests (pingora's own default), and
@@ -66,25 +70,35 @@ pub struct Front {
     api: Arc<HttpProxy<DockerApi>>,
     relay: HijackRelay,
     drain: Arc<Drain>,
+    metrics: Arc<Metrics>,
 }
 
 impl Front {
-    pub fn new(api: HttpProxy<DockerApi>, relay: HijackRelay, drain: Arc<Drain>) -> Self {
+    pub fn new(
+        api: HttpProxy<DockerApi>,
+        relay: HijackRelay,
+        drain: Arc<Drain>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             api: Arc::new(api),
             relay,
             drain,
+            metrics,
         }
     }
 
     /// Serves a client connection until it closes, goes idle, or the proxy shuts down
     /// (a request already running is finished first), or the leader-change policy ends the
     /// request running on it.
-    /// `client` is who the connection is, for the access log of each request on it.
+    /// `client` is who the connection is, for the access log of each request on it;
+    /// `policy` is its listener's access policy, applied to every request head
+    /// ([`gate`]).
     pub async fn serve<S: ClientConn>(
         &self,
         mut stream: S,
         client: ClientIdentity,
+        policy: &ListenerPolicy,
         mut shutdown: ShutdownWatch,
     ) {
         let client = Arc::new(client);
@@ -117,6 +131,24 @@ impl Front {
                 .take_while(|b| matches!(b, b'\r' | b'\n'))
                 .count();
             let _ = bytes.split_to(blank);
+            // The policy sees every head, before the hop marker, the hijack relay and
+            // pingora, and what goes on is what it passed (docs/policy.md).
+            if let Some(policy) = policy.current().filter(|p| !p.is_empty()) {
+                let inspect = LeaderInspect { relay: &self.relay };
+                match gate::apply(
+                    &policy,
+                    &mut stream,
+                    bytes,
+                    &client,
+                    &inspect,
+                    &self.metrics,
+                )
+                .await
+                {
+                    Gated::Pass(passed) => bytes = passed,
+                    Gated::Answered => return,
+                }
+            }
             let Ok(bytes) = super::hop::mark(bytes) else {
                 warn!("a request came back through this proxy: answering 508");
                 let message = "the request came back through this proxy (a loop: its leader \

@@ -268,13 +268,26 @@ impl HijackRelay {
 
     /// Dials the leader at `addr` within `--connect-timeout`, and with
     /// `--upstream-cert-path` makes the TLS handshake (also within `--connect-timeout`).
-    async fn dial(
-        &self,
-        upstream: &Upstream,
-    ) -> Result<
-        Either<TcpStream, crate::tls::TlsConn<tokio_rustls::client::TlsStream<TcpStream>>>,
-        Dial,
-    > {
+    /// A connection to the current leader for a question of the proxy's own (the policy's
+    /// [`crate::policy::Inspect`]): waits and retries through the hold like a request.
+    pub(super) async fn connect_leader(&self) -> Result<Upstreamed, HoldError> {
+        let mut state = self.hold.start();
+        loop {
+            let target = self.hold.next_upstream(&mut state, None).await?;
+            match self.dial(&target).await {
+                Ok(stream) => {
+                    state.mark_connected();
+                    return Ok(stream);
+                }
+                Err(Dial::Tcp(e) | Dial::Tls(e)) => {
+                    debug!(addr = %target.socket, error = %e, "policy: dial failed");
+                    state.mark_failed();
+                }
+            }
+        }
+    }
+
+    async fn dial(&self, upstream: &Upstream) -> Result<Upstreamed, Dial> {
         let connect = TcpStream::connect(upstream.socket);
         let tcp = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(tcp)) => tcp,
@@ -423,6 +436,10 @@ where
 }
 
 /// Why a dial to the leader failed.
+/// A connection to the leader: plain, or TLS under `--upstream-cert-path`.
+pub(super) type Upstreamed =
+    Either<TcpStream, crate::tls::TlsConn<tokio_rustls::client::TlsStream<TcpStream>>>;
+
 enum Dial {
     Tcp(std::io::Error),
     Tls(std::io::Error),

@@ -28,6 +28,7 @@ use super::front::Front;
 use super::proxy_protocol::TrustedProxies;
 use super::tcp::L4Proxy;
 use crate::metrics::Metrics;
+use crate::policy::ListenerPolicy;
 use crate::tls::ServerTls;
 
 /// How long a client has to complete its TLS handshake (a Docker client needs milliseconds).
@@ -45,6 +46,8 @@ pub enum Service {
         front: Arc<Front>,
         tls: Option<Arc<ServerTls>>,
         metrics: Arc<Metrics>,
+        /// The listener's access policy.
+        policy: ListenerPolicy,
     },
     /// `--mode tcp`: the byte relay.
     Tcp(Arc<L4Proxy>),
@@ -81,14 +84,20 @@ impl Service {
         };
         match self {
             Service::Http {
-                front, tls: None, ..
+                front,
+                tls: None,
+                policy,
+                ..
             } => {
-                front.serve(L4Stream::from(tcp), client, shutdown).await;
+                front
+                    .serve(L4Stream::from(tcp), client, &policy, shutdown)
+                    .await;
             }
             Service::Http {
                 front,
                 tls: Some(tls),
                 metrics,
+                policy,
             } => {
                 let handshake = crate::tls::accept(tls.acceptor(), tcp);
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
@@ -99,7 +108,7 @@ impl Service {
                             .then(|| conn.peer_subject())
                             .flatten();
                         front
-                            .serve(conn, client.with_tls_subject(subject), shutdown)
+                            .serve(conn, client.with_tls_subject(subject), &policy, shutdown)
                             .await
                     }
                     Ok(Err(e)) => {
@@ -119,8 +128,10 @@ impl Service {
     async fn serve_unix(self, unix: UnixStream, listener: Arc<str>, shutdown: ShutdownWatch) {
         let client = ClientIdentity::unix(&unix).on_listener(listener);
         match self {
-            Service::Http { front, .. } => {
-                front.serve(L4Stream::from(unix), client, shutdown).await
+            Service::Http { front, policy, .. } => {
+                front
+                    .serve(L4Stream::from(unix), client, &policy, shutdown)
+                    .await
             }
             Service::Tcp(l4) => l4.serve(unix, &client).await,
         }

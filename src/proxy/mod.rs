@@ -14,10 +14,12 @@ pub mod exchange;
 /// its fuzz target builds without pingora.
 pub use leader_proxy_parsers::head;
 pub mod front;
+pub mod gate;
 pub mod hijack;
 pub mod hold;
 pub mod hop;
 pub mod http;
+pub mod inspect;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod redact;

@@ -117,6 +117,18 @@ impl Certs {
         dir
     }
 
+    /// A `DOCKER_CERT_PATH` (`ca.pem`, `cert.pem`, `key.pem`) for a new client certificate
+    /// with common name `cn`, signed by this CA: a second client identity.
+    pub fn docker_cert_path_for(&self, cn: &str) -> PathBuf {
+        let (cert, key) = self.client(cn);
+        let dir = self.dir.path().join(format!("docker-{cn}"));
+        std::fs::create_dir_all(&dir).expect("create the cert path");
+        for (from, to) in [(&self.ca, "ca.pem"), (&cert, "cert.pem"), (&key, "key.pem")] {
+            std::fs::copy(from, dir.join(to)).expect("copy a certificate file");
+        }
+        dir
+    }
+
     fn leaf(
         &self,
         file: &str,

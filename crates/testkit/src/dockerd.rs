@@ -651,3 +651,16 @@ pub fn describe(cmd: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Fails with the install line when docker-py is missing for [`PYTHON`].
+pub fn require_docker_py() {
+    let out = run(
+        Command::new(PYTHON).args(["-c", "import docker"]),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.ok(),
+        "docker-py is missing for {PYTHON}: apt-get install python3-docker\n{out}"
+    );
+}

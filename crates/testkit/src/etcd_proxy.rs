@@ -20,6 +20,17 @@ pub fn proxy_for(etcd: &Etcd, extra: &[&str]) -> Proxy {
     Proxy::start(&args)
 }
 
+/// `etcd` naming `leader` (`HOST:PORT`, a real dockerd's endpoint) and a proxy started with
+/// `extra` that has seen it; several proxies may share the etcd and the leader.
+pub fn proxy_leading_to(etcd: &Etcd, leader: &str, extra: &[&str]) -> Proxy {
+    etcd.put_v2(KEY, leader, None);
+    let proxy = proxy_for(etcd, extra);
+    proxy.wait_for_leader(std::time::Duration::from_secs(20), |now| {
+        now["leader"] == leader
+    });
+    proxy
+}
+
 /// A fresh etcd naming manager `m1` (whose state lives in the returned dir) as leader, and
 /// a proxy started with `extra` that has seen it. Bind all four: dropped in reverse order,
 /// the proxy goes first and etcd last, as in a test that starts them one by one.

@@ -360,6 +360,79 @@ pub struct Cli {
     )]
     pub log_format: Option<String>,
 
+    /// API sections served, comma-separated: docker-socket-proxy's names (containers,
+    /// images, exec, …) plus archive (a container's files: /archive, /export). [default:
+    /// all]
+    #[arg(
+        long,
+        value_name = "SECTIONS",
+        env = "LEADER_PROXY_ALLOW",
+        help_heading = "Policy"
+    )]
+    #[serde(deserialize_with = "super::file::comma_list")]
+    pub allow: Option<String>,
+
+    /// Serve only GET and HEAD requests (docker-socket-proxy's POST=0).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        env = "LEADER_PROXY_READ_ONLY",
+        help_heading = "Policy"
+    )]
+    pub read_only: Option<bool>,
+
+    /// Refuse containers, execs and services asking for these, comma-separated:
+    /// privileged, cap-add, host-namespaces, devices, docker-socket, unconfined.
+    /// [default: none]
+    #[arg(
+        long,
+        value_name = "RULES",
+        env = "LEADER_PROXY_DENY",
+        help_heading = "Policy"
+    )]
+    #[serde(deserialize_with = "super::file::comma_list")]
+    pub deny: Option<String>,
+
+    /// Bind-mount sources must be under one of these absolute paths, comma-separated;
+    /// `none`: no bind mount. [default: any]
+    #[arg(
+        long,
+        value_name = "PATHS",
+        env = "LEADER_PROXY_BIND_MOUNTS",
+        help_heading = "Policy"
+    )]
+    #[serde(deserialize_with = "super::file::comma_list")]
+    pub bind_mounts: Option<String>,
+
+    /// Give containers, volumes, networks and services created this label; show and let
+    /// clients touch only objects that carry it (404 for the others); refuse image
+    /// removal. [default: none]
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        env = "LEADER_PROXY_OWNER_LABEL",
+        help_heading = "Policy"
+    )]
+    pub owner_label: Option<String>,
+
+    /// Rego policy (opa-docker-authz's input, v0 or v1) whose data.docker.authz.allow
+    /// must be true for a request to pass. [default: none]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LEADER_PROXY_POLICY_REGO",
+        help_heading = "Policy"
+    )]
+    pub policy_rego: Option<String>,
+
+    /// `[[listener]]` tables of the --config file: a listener with a policy of its own.
+    #[arg(skip)]
+    pub listener: Vec<ListenerTable>,
+
     /// TOML file with the same settings; keys are the long flag names.
     #[arg(
         long,
@@ -397,6 +470,25 @@ source's state, the held requests and the last leader changes with their reasons
 
 const LEADER_ABOUT: &str = "Prints the current leader once and exits: 0 with a leader, 1 \
 without, 3 when the store cannot be reached, 2 on bad input";
+
+/// A `[[listener]]` table of the --config file: a listener `address` (as `--listen`
+/// takes it) whose policy is the keys given here, in place of the global policy (the
+/// flags, variables and top-level keys), so that one unix socket can be restricted and
+/// another listener left open. Keys not given are their defaults (no restriction).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerTable {
+    pub address: String,
+    #[serde(deserialize_with = "super::file::comma_list")]
+    pub allow: Option<String>,
+    pub read_only: Option<bool>,
+    #[serde(deserialize_with = "super::file::comma_list")]
+    pub deny: Option<String>,
+    #[serde(deserialize_with = "super::file::comma_list")]
+    pub bind_mounts: Option<String>,
+    pub owner_label: Option<String>,
+    pub policy_rego: Option<String>,
+}
 
 /// The command to parse the proxy's command line with: [`Cli`]'s, with the environment
 /// variables moved from clap's reading into the help text. `env.rs` reads them instead,

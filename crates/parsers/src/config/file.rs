@@ -66,6 +66,25 @@ pub fn listen<'de, D: Deserializer<'de>>(file: D) -> Result<Vec<String>, D::Erro
     }
 }
 
+const LIST_SHAPE: &str = "expected a comma-separated string or a list of strings";
+
+/// The policy lists (`allow`, `deny`, `bind-mounts`): the flag's comma-separated text, or
+/// a TOML list of strings, kept as the flag's text so that it is checked the same way.
+pub fn comma_list<'de, D: Deserializer<'de>>(file: D) -> Result<Option<String>, D::Error> {
+    match toml::Value::deserialize(file)? {
+        toml::Value::String(text) => Ok(Some(text)),
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::String(s) => Ok(s),
+                _ => Err(D::Error::custom(LIST_SHAPE)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|items| Some(items.join(","))),
+        _ => Err(D::Error::custom(LIST_SHAPE)),
+    }
+}
+
 /// `max-held`: a TOML number, or a string holding one, kept as text so that it is checked
 /// the way the flag's value is.
 pub fn max_held<'de, D: Deserializer<'de>>(file: D) -> Result<Option<String>, D::Error> {

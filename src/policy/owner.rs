@@ -1,0 +1,612 @@
+//! `--owner-label KEY=VALUE`: a listener's clients see and touch only what was created
+//! through a listener with the same label (docs/policy.md, "Ownership"). Two CI jobs on two
+//! sockets, each with its own label, share a dockerd without seeing each other.
+//!
+//! - Containers, volumes, networks and services created get the label in their create body
+//!   (a service's task containers too, through its `ContainerSpec`).
+//! - Lists, prunes and `/events` get the label filter merged into the client's `filters`.
+//! - Any other call on a container, volume, network, service or exec instance asks the
+//!   current leader about the object ([`Inspect`], by name or id prefix, as dockerd resolves
+//!   them) and answers dockerd's own `404` wording when it does not carry the label, so an
+//!   object of another owner looks exactly like one that does not exist. Exec ids are
+//!   resolved to their container; containers a create body refers to (`VolumesFrom`,
+//!   `Links`, `container:<id>` namespaces) and the container of a network
+//!   connect/disconnect must be owned too.
+//! - Images are shared: pulling, building and running them works; removing them
+//!   (`DELETE /images/…`, `images/prune`, `build/prune`) is refused (`403`), since one
+//!   owner's removal would break another's.
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use super::path;
+use super::{Call, Check, Deny, Inspect, PolicyError};
+
+/// The metric and log name of every refusal of this check.
+const RULE: &str = "owner";
+
+/// The label a listener's objects carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerLabel {
+    key: String,
+    value: String,
+}
+
+impl OwnerLabel {
+    /// `KEY=VALUE`: a non-empty key without `=` and a non-empty value, neither with spaces
+    /// or control characters (they would not survive a `label=KEY=VALUE` filter).
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let bad = |reason: &str| PolicyError {
+            flag: "owner-label",
+            value: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let (key, value) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected KEY=VALUE"))?;
+        if key.is_empty() || value.is_empty() {
+            return Err(bad("expected KEY=VALUE, both non-empty"));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("a label may not hold spaces or control characters"));
+        }
+        Ok(Self {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+
+    /// `KEY=VALUE`, as a `label` filter takes it.
+    pub fn filter(&self) -> String {
+        format!("{}={}", self.key, self.value)
+    }
+
+    /// Whether a `Labels` object carries this label.
+    fn carried_by(&self, labels: &Value) -> bool {
+        labels[self.key.as_str()].as_str() == Some(self.value.as_str())
+    }
+
+    /// Sets the label in the `Labels` object at `labels` (made if missing or null); a value
+    /// the client gave the same key is replaced, so no one creates for another owner.
+    fn stamp(&self, labels: &mut Value) {
+        if !labels.is_object() {
+            *labels = Value::Object(Map::new());
+        }
+        if let Value::Object(map) = labels {
+            map.insert(self.key.clone(), Value::String(self.value.clone()));
+        }
+    }
+}
+
+/// The objects ownership covers, with dockerd's inspect path and its own "not found"
+/// wording (checked against dockerd 20.10 by tests/policy_owner.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Container,
+    Volume,
+    Network,
+    Service,
+}
+
+impl Kind {
+    fn inspect_path(self, id: &str) -> String {
+        let id = path::encode_query(id);
+        match self {
+            Kind::Container => format!("/containers/{id}/json"),
+            Kind::Volume => format!("/volumes/{id}"),
+            Kind::Network => format!("/networks/{id}"),
+            Kind::Service => format!("/services/{id}"),
+        }
+    }
+
+    /// Where the inspect answer keeps the object's labels.
+    fn labels(self, inspected: &Value) -> &Value {
+        match self {
+            Kind::Container => &inspected["Config"]["Labels"],
+            Kind::Volume | Kind::Network => &inspected["Labels"],
+            Kind::Service => &inspected["Spec"]["Labels"],
+        }
+    }
+
+    fn not_found(self, id: &str) -> Deny {
+        let message = match self {
+            Kind::Container => format!("No such container: {id}"),
+            Kind::Volume => format!("get {id}: no such volume"),
+            Kind::Network => format!("network {id} not found"),
+            Kind::Service => format!("service {id} not found"),
+        };
+        Deny::new(404, RULE, message)
+    }
+}
+
+/// What ownership does with one call.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    /// A create body gets the label.
+    Create(Kind),
+    /// The label filter is merged into `filters`.
+    Filter,
+    /// The object named must carry the label.
+    Object(Kind, String),
+    /// The exec instance's container must carry the label.
+    Exec(String),
+    /// The object must carry the label, and so must the container in the body
+    /// (`POST /networks/{id}/connect`, `…/disconnect`).
+    NetworkContainer(String),
+    /// Removing shared images.
+    ImageRemoval,
+    Pass,
+}
+
+fn action(call: &Call) -> Action {
+    let method = call.method.as_str();
+    let segments = call.segments();
+    let object = |kind: Kind, id: &str| Action::Object(kind, id.to_string());
+    match (method, segments.as_slice()) {
+        ("POST", ["containers", "create"]) => Action::Create(Kind::Container),
+        ("POST", ["volumes", "create"]) => Action::Create(Kind::Volume),
+        ("POST", ["networks", "create"]) => Action::Create(Kind::Network),
+        ("POST", ["services", "create"]) => Action::Create(Kind::Service),
+        ("GET", ["containers", "json"])
+        | ("GET", ["volumes"])
+        | ("GET", ["networks"])
+        | ("GET", ["services"])
+        | ("GET", ["events"])
+        | ("POST", ["containers" | "volumes" | "networks", "prune"]) => Action::Filter,
+        ("DELETE", ["images", ..]) | ("POST", ["images" | "build", "prune"]) => {
+            Action::ImageRemoval
+        }
+        ("POST", ["networks", id, "connect" | "disconnect"]) => {
+            Action::NetworkContainer(id.to_string())
+        }
+        (_, ["containers", id, ..]) => object(Kind::Container, id),
+        (_, ["volumes", id, ..]) => object(Kind::Volume, id),
+        (_, ["networks", id, ..]) => object(Kind::Network, id),
+        (_, ["services", id, ..]) => object(Kind::Service, id),
+        (_, ["exec", id, ..]) => Action::Exec(id.to_string()),
+        // `docker commit`: the container is in the query.
+        ("POST", ["commit"]) => call
+            .query_pairs()
+            .into_iter()
+            .find(|(name, _)| name == "container")
+            .map_or(Action::Pass, |(_, id)| Action::Object(Kind::Container, id)),
+        _ => Action::Pass,
+    }
+}
+
+/// The check of `--owner-label`.
+pub struct Ownership {
+    label: OwnerLabel,
+}
+
+impl Ownership {
+    pub fn new(label: OwnerLabel) -> Self {
+        Self { label }
+    }
+
+    /// `Ok` if the object exists at the leader and carries the label; otherwise dockerd's
+    /// own 404 for it.
+    async fn owned(&self, kind: Kind, id: &str, inspect: &dyn Inspect) -> Result<(), Deny> {
+        match inspect.get_json(&kind.inspect_path(id)).await {
+            Ok(Some(inspected)) if self.label.carried_by(kind.labels(&inspected)) => Ok(()),
+            Ok(_) => Err(kind.not_found(id)),
+            Err(error) => Err(leader_unreachable(error)),
+        }
+    }
+
+    async fn exec_owned(&self, id: &str, inspect: &dyn Inspect) -> Result<(), Deny> {
+        let path = format!("/exec/{}/json", path::encode_query(id));
+        let not_found = || Deny::new(404, RULE, format!("No such exec instance: {id}"));
+        let exec = inspect
+            .get_json(&path)
+            .await
+            .map_err(leader_unreachable)?
+            .ok_or_else(not_found)?;
+        let container = exec["ContainerID"].as_str().ok_or_else(not_found)?;
+        // Another owner's exec is as unknown as one that does not exist.
+        self.owned(Kind::Container, container, inspect)
+            .await
+            .map_err(|_| not_found())
+    }
+
+    /// Stamps the label into a create body, after checking the containers a container's
+    /// body refers to.
+    async fn create(&self, kind: Kind, call: &mut Call, inspect: &dyn Inspect) -> Result<(), Deny> {
+        let mut body = call
+            .body
+            .clone()
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        if !body.is_object() {
+            return Err(Deny::new(400, RULE, "the create body is not a JSON object"));
+        }
+        if kind == Kind::Container {
+            for referred in referred_containers(&body["HostConfig"]) {
+                // dockerd answers a create naming a missing container `400` (a `404`
+                // would make the docker CLI look for the image and try to pull it).
+                self.owned(Kind::Container, &referred, inspect)
+                    .await
+                    .map_err(|deny| match deny.status {
+                        404 => Deny {
+                            status: 400,
+                            ..deny
+                        },
+                        _ => deny,
+                    })?;
+            }
+        }
+        self.label.stamp(&mut body["Labels"]);
+        if kind == Kind::Service {
+            let spec = &mut body["TaskTemplate"]["ContainerSpec"];
+            if spec.is_object() {
+                self.label.stamp(&mut spec["Labels"]);
+            }
+        }
+        call.set_body(body);
+        Ok(())
+    }
+
+    /// Merges `label=KEY=VALUE` into the client's `filters` (JSON in the query), keeping its
+    /// own filters: dockerd ANDs label filters, so the answer is the client's selection
+    /// among this owner's objects.
+    fn filter(&self, call: &mut Call) -> Result<(), Deny> {
+        let sent = call
+            .query_pairs()
+            .into_iter()
+            .find(|(name, _)| name == "filters")
+            .map(|(_, value)| value);
+        let merged = merge_label_filter(sent.as_deref(), &self.label.filter())?;
+        call.set_query_param("filters", &merged);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Check for Ownership {
+    fn wants_body(&self, call: &Call) -> bool {
+        matches!(
+            action(call),
+            Action::Create(_) | Action::NetworkContainer(_)
+        )
+    }
+
+    async fn check(&self, call: &mut Call, inspect: &dyn Inspect) -> Result<(), Deny> {
+        match action(call) {
+            Action::Create(kind) => self.create(kind, call, inspect).await,
+            Action::Filter => self.filter(call),
+            Action::Object(kind, id) => self.owned(kind, &id, inspect).await,
+            Action::Exec(id) => self.exec_owned(&id, inspect).await,
+            Action::NetworkContainer(network) => {
+                self.owned(Kind::Network, &network, inspect).await?;
+                let container = call
+                    .body
+                    .as_ref()
+                    .and_then(|body| body["Container"].as_str())
+                    .map(str::to_string);
+                match container {
+                    Some(container) => self.owned(Kind::Container, &container, inspect).await,
+                    None => Ok(()),
+                }
+            }
+            Action::ImageRemoval => Err(Deny::forbidden(
+                RULE,
+                "removing images is refused: images are shared by every owner (--owner-label)",
+            )),
+            Action::Pass => Ok(()),
+        }
+    }
+}
+
+fn leader_unreachable(error: super::InspectError) -> Deny {
+    Deny::new(502, RULE, format!("cannot check ownership: {error}"))
+}
+
+/// The containers a container create body names: `VolumesFrom` (`name[:ro|rw]`), `Links`
+/// (`name:alias`), and `container:<name>` in `NetworkMode`, `PidMode` and `IpcMode`.
+fn referred_containers(host: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for (field, separator) in [("VolumesFrom", ':'), ("Links", ':')] {
+        for entry in host[field].as_array().into_iter().flatten() {
+            if let Some(entry) = entry.as_str() {
+                // A link may be written `/name:/self/alias`; dockerd resolves `/name` as `name`.
+                let name = entry.split(separator).next().unwrap_or(entry);
+                names.push(name.trim_start_matches('/').to_string());
+            }
+        }
+    }
+    for field in ["NetworkMode", "PidMode", "IpcMode"] {
+        if let Some(name) = host[field]
+            .as_str()
+            .and_then(|m| m.strip_prefix("container:"))
+        {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// `filters` with `label` holding `label` as well: both of dockerd's forms are kept (the
+/// map `{"label": {"k=v": true}}` and the older list `{"label": ["k=v"]}`). A `filters`
+/// that is not a JSON object is refused (`400`), as dockerd would refuse it.
+fn merge_label_filter(sent: Option<&str>, label: &str) -> Result<String, Deny> {
+    let mut filters = match sent.filter(|text| !text.trim().is_empty()) {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            _ => {
+                return Err(Deny::new(
+                    400,
+                    RULE,
+                    format!("invalid filter: {text:?} is not a JSON object"),
+                ))
+            }
+        },
+    };
+    match filters.get_mut("label") {
+        Some(Value::Object(map)) => {
+            map.insert(label.to_string(), Value::Bool(true));
+        }
+        Some(Value::Array(list)) => list.push(Value::String(label.to_string())),
+        _ => {
+            let mut map = Map::new();
+            map.insert(label.to_string(), Value::Bool(true));
+            filters.insert("label".to_string(), Value::Object(map));
+        }
+    }
+    Ok(Value::Object(filters).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::InspectError;
+
+    /// A leader that knows a few objects, and records what it was asked.
+    #[derive(Default)]
+    struct Objects {
+        known: HashMap<String, Value>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Inspect for Objects {
+        async fn get_json(&self, path: &str) -> Result<Option<Value>, InspectError> {
+            self.asked.lock().expect("lock").push(path.to_string());
+            Ok(self.known.get(path).cloned())
+        }
+    }
+
+    fn leader() -> Objects {
+        let mine = json!({"ci": "job-1"});
+        let theirs = json!({"ci": "job-2"});
+        let known = [
+            ("/containers/mine/json", json!({"Config": {"Labels": mine}})),
+            (
+                "/containers/theirs/json",
+                json!({"Config": {"Labels": theirs}}),
+            ),
+            (
+                "/containers/abc123/json",
+                json!({"Config": {"Labels": mine}}),
+            ),
+            ("/volumes/vol", json!({"Labels": theirs})),
+            ("/networks/net", json!({"Labels": mine})),
+            ("/services/svc", json!({"Spec": {"Labels": theirs}})),
+            ("/exec/e1/json", json!({"ContainerID": "abc123"})),
+            ("/exec/e2/json", json!({"ContainerID": "theirs"})),
+        ];
+        Objects {
+            known: known
+                .into_iter()
+                .map(|(path, value)| (path.to_string(), value))
+                .collect(),
+            asked: Mutex::default(),
+        }
+    }
+
+    fn ownership() -> Ownership {
+        Ownership::new(OwnerLabel::parse("ci=job-1").expect("label"))
+    }
+
+    fn call(method: &str, target: &str, body: Option<Value>) -> Call {
+        let mut call =
+            Call::new(method, target, Vec::new(), String::new(), String::new()).expect("call");
+        if let Some(body) = body {
+            call.set_body(body);
+        }
+        call
+    }
+
+    async fn check(method: &str, target: &str, body: Option<Value>) -> Result<Call, Deny> {
+        let mut call = call(method, target, body);
+        ownership().check(&mut call, &leader()).await?;
+        Ok(call)
+    }
+
+    fn denied(result: Result<Call, Deny>) -> (u16, String) {
+        let deny = result.expect_err("denied");
+        (deny.status, deny.message)
+    }
+
+    #[test]
+    fn bad_labels_name_the_flag() {
+        for bad in ["", "ci", "=x", "ci=", "ci=a b", "c i=x"] {
+            let error = OwnerLabel::parse(bad).expect_err(bad);
+            assert_eq!(error.flag, "owner-label", "{bad}");
+        }
+        assert_eq!(
+            OwnerLabel::parse("com.example.ci=job=1")
+                .expect("ok")
+                .filter(),
+            "com.example.ci=job=1"
+        );
+    }
+
+    #[tokio::test]
+    async fn creates_carry_the_label_whatever_the_client_sent() {
+        let created = check(
+            "POST",
+            "/v1.41/containers/create?name=x",
+            Some(json!({"Image": "bb", "Labels": {"ci": "job-2", "keep": "1"}})),
+        )
+        .await
+        .expect("pass");
+        let body = created.body.expect("body");
+        assert_eq!(body["Labels"], json!({"ci": "job-1", "keep": "1"}));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&created.body_bytes.expect("bytes")).expect("json"),
+            body,
+            "what is forwarded is what was stamped"
+        );
+        let volume = check("POST", "/volumes/create", None).await.expect("pass");
+        assert_eq!(volume.body.expect("body")["Labels"], json!({"ci": "job-1"}));
+        let service = check(
+            "POST",
+            "/services/create",
+            Some(json!({"Labels": null, "TaskTemplate": {"ContainerSpec": {"Image": "bb"}}})),
+        )
+        .await
+        .expect("pass")
+        .body
+        .expect("body");
+        assert_eq!(service["Labels"], json!({"ci": "job-1"}));
+        assert_eq!(
+            service["TaskTemplate"]["ContainerSpec"]["Labels"],
+            json!({"ci": "job-1"})
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_prunes_and_events_get_the_filter_merged() {
+        let listed = check("GET", "/v1.41/containers/json?all=1", None)
+            .await
+            .expect("pass");
+        let filters = |call: &Call| -> Value {
+            let (_, text) = call
+                .query_pairs()
+                .into_iter()
+                .find(|(n, _)| n == "filters")
+                .expect("filters");
+            serde_json::from_str(&text).expect("json")
+        };
+        assert_eq!(filters(&listed), json!({"label": {"ci=job-1": true}}));
+        assert!(listed.query.contains("all=1"), "{}", listed.query);
+
+        let sent = path::encode_query(r#"{"status":{"exited":true},"label":{"x=1":true}}"#);
+        let pruned = check("POST", &format!("/containers/prune?filters={sent}"), None)
+            .await
+            .expect("pass");
+        assert_eq!(
+            filters(&pruned),
+            json!({"status": {"exited": true}, "label": {"x=1": true, "ci=job-1": true}})
+        );
+        let sent = path::encode_query(r#"{"label":["x=1"]}"#);
+        let events = check("GET", &format!("/events?filters={sent}"), None)
+            .await
+            .expect("pass");
+        assert_eq!(filters(&events), json!({"label": ["x=1", "ci=job-1"]}));
+        assert_eq!(
+            denied(check("GET", "/volumes?filters=nojson", None).await).0,
+            400
+        );
+    }
+
+    #[tokio::test]
+    async fn objects_of_others_look_like_missing_ones() {
+        assert!(check("GET", "/containers/mine/json", None).await.is_ok());
+        assert!(check(
+            "POST",
+            "/networks/net/connect",
+            Some(json!({"Container": "mine"}))
+        )
+        .await
+        .is_ok());
+        let cases = [
+            (
+                "DELETE",
+                "/v1.41/containers/theirs",
+                "No such container: theirs",
+            ),
+            (
+                "GET",
+                "/containers/theirs/logs",
+                "No such container: theirs",
+            ),
+            ("GET", "/containers/gone/json", "No such container: gone"),
+            ("DELETE", "/volumes/vol", "get vol: no such volume"),
+            ("GET", "/services/svc", "service svc not found"),
+            ("POST", "/exec/e2/start", "No such exec instance: e2"),
+            ("GET", "/exec/nope/json", "No such exec instance: nope"),
+            (
+                "POST",
+                "/commit?container=theirs",
+                "No such container: theirs",
+            ),
+        ];
+        for (method, target, message) in cases {
+            assert_eq!(
+                denied(check(method, target, None).await),
+                (404, message.to_string()),
+                "{method} {target}"
+            );
+        }
+        assert!(check("POST", "/exec/e1/start", None).await.is_ok());
+        let connect = check(
+            "POST",
+            "/networks/net/disconnect",
+            Some(json!({"Container": "theirs"})),
+        )
+        .await;
+        assert_eq!(denied(connect).1, "No such container: theirs");
+    }
+
+    #[tokio::test]
+    async fn create_bodies_may_only_name_owned_containers() {
+        for host in [
+            json!({"VolumesFrom": ["theirs:ro"]}),
+            json!({"Links": ["/theirs:/x/db"]}),
+            json!({"NetworkMode": "container:theirs"}),
+            json!({"PidMode": "container:theirs"}),
+            json!({"IpcMode": "container:theirs"}),
+        ] {
+            let body = json!({"Image": "bb", "HostConfig": host});
+            assert_eq!(
+                denied(check("POST", "/containers/create", Some(body)).await),
+                (400, "No such container: theirs".to_string()),
+                "{host}"
+            );
+        }
+        let body = json!({"Image": "bb", "HostConfig": {"VolumesFrom": ["mine"], "IpcMode": "container:mine"}});
+        assert!(check("POST", "/containers/create", Some(body))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn images_are_shared_but_not_removed() {
+        for (method, target) in [
+            ("DELETE", "/v1.41/images/bb:local"),
+            ("POST", "/images/prune"),
+            ("POST", "/build/prune"),
+        ] {
+            let (status, message) = denied(check(method, target, None).await);
+            assert_eq!(status, 403, "{method} {target}");
+            assert!(message.contains("images are shared"), "{message}");
+        }
+        let objects = leader();
+        for (method, target) in [
+            ("POST", "/images/create?fromImage=bb"),
+            ("POST", "/build?t=x"),
+            ("GET", "/images/json"),
+            ("GET", "/_ping"),
+        ] {
+            let mut call = call(method, target, None);
+            ownership().check(&mut call, &objects).await.expect(target);
+        }
+        assert!(objects.asked.lock().expect("lock").is_empty());
+    }
+}
