@@ -8,17 +8,22 @@
 //! - [`proxy`]: the pingora front, the L7 proxy and the hijack relay;
 //! - [`tls`]: TLS for clients and to the managers, reloaded on SIGHUP;
 //! - [`admin`] and [`metrics`]: what operators and load balancers look at;
-//! - [`limits`]: the open-files limit, raised at start, and the client-connection cap.
+//! - [`limits`]: the open-files limit, raised at start, and the client-connection cap;
+//! - [`handover`] and [`upgrade`]: listening sockets passed to a new process (`--upgrade`);
+//! - [`reload`]: what SIGHUP applies from the settings read again.
 
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod handover;
 pub mod keepalive;
 pub mod limits;
 pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod tls;
 pub mod trim;
+pub mod upgrade;

@@ -4,7 +4,8 @@
 
 use leader_proxy::config::{self, LogFormat, Settings};
 use leader_proxy::log_writer::{FlushOnDrop, LogWriter};
-use leader_proxy::server::{self, Hooks, ReloadHook};
+use leader_proxy::reload::Part;
+use leader_proxy::server::{self, Hooks};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -49,7 +50,10 @@ fn main() -> ExitCode {
         }
     };
     let hooks = Hooks {
-        on_sighup: Some(log_level_reload(args, set_filter)),
+        // SIGHUP reads the same sources as the start: this command line, the environment,
+        // the --config file (which may have changed).
+        load_settings: Some(Box::new(move || config::load_from_args(args.clone()))),
+        log_level: Some(log_level_reload(set_filter)),
         dropped_log_lines: Some(Box::new(move || log.dropped_lines())),
     };
     match runtime.block_on(server::run(start, hooks)) {
@@ -101,15 +105,9 @@ fn init_logging(settings: &Settings) -> std::io::Result<(SetFilter, LogWriter, F
     Ok((set_filter, writer, flush))
 }
 
-/// SIGHUP's part of the binary: the settings are read again as at start (the same command
-/// line, the environment, the `--config` file, which may have changed) and only their log
-/// level is applied. Settings that no longer load keep the level in use.
-fn log_level_reload(args: Vec<OsString>, set_filter: SetFilter) -> ReloadHook {
-    Box::new(move || match config::load_from_args(args.clone()) {
-        Ok(settings) => match set_filter(filter(&settings)) {
-            Ok(()) => tracing::info!("SIGHUP: log level {}", settings.log_level),
-            Err(e) => tracing::warn!("SIGHUP: cannot change the log level: {e}"),
-        },
-        Err(e) => tracing::warn!("SIGHUP: the settings do not load, the log level stays: {e}"),
+/// SIGHUP's part of the binary: the log level of the settings read again.
+fn log_level_reload(set_filter: SetFilter) -> Part {
+    Part::new("log level", move |settings| {
+        set_filter(filter(settings)).map_err(|e| format!("cannot change the log level: {e}"))
     })
 }
