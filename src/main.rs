@@ -108,6 +108,8 @@ fn init_logging(settings: &Settings) -> std::io::Result<(SetFilter, LogWriter, F
 /// SIGHUP's part of the binary: the log level of the settings read again.
 fn log_level_reload(set_filter: SetFilter) -> Part {
     Part::new("log level", move |settings| {
-        set_filter(filter(settings)).map_err(|e| format!("cannot change the log level: {e}"))
+        set_filter(filter(settings)).map_err(|e| format!("cannot change the log level: {e}"))?;
+        tracing::info!("SIGHUP: log level {}", settings.log_level);
+        Ok(())
     })
 }

@@ -463,6 +463,7 @@ fn certificates(
         for result in results.into_iter().flatten() {
             reloaded = true;
             if let Err(e) = result {
+                warn!("SIGHUP: {e}; keeping the certificates in use");
                 errors.push(e.to_string());
             }
         }
