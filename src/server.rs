@@ -344,6 +344,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         taken.finish().ready().await;
     }
 
+    let abort_upgrades = upgrades.as_ref().map(|task| task.abort_handle());
     let handed = async {
         match upgrades {
             Some(upgrades) => {
@@ -352,11 +353,8 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(handed);
-    let stop = stop_signal();
-    tokio::pin!(stop);
     tokio::select! {
-        signal = &mut stop => {
+        signal = stop_signal() => {
             info!(
                 "{} received: no new connections; letting running requests finish (up to {:?})",
                 signal?,
@@ -364,8 +362,14 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
             );
             // Load balancers move traffic away while running requests finish.
             admin.begin_shutdown();
+            // No upgrade from a stopping process; and the copies of the listening sockets
+            // kept for one must close with the listeners, or new clients would wait in a
+            // backlog nobody accepts from instead of being refused.
+            if let Some(upgrades) = abort_upgrades {
+                upgrades.abort();
+            }
         }
-        () = &mut handed => {
+        () = handed => {
             // The new process serves every socket now, /readyz included: this one stays
             // ready for the connections it still has, and leaves the unix socket files.
             handed_over.store(true, Ordering::Release);

@@ -146,6 +146,50 @@ fn upgrade_with_other_listeners_is_refused_and_the_running_process_serves_on() {
     new.wait_for_log("--upgrade: serving on every socket", WAIT);
 }
 
+/// SIGTERM stops a process that serves upgrades like any other: new clients are refused
+/// (no copy of a listening socket kept for an upgrade stays open), the upgrade socket's
+/// file is removed, and a request held meanwhile keeps its connection.
+#[test]
+fn sigterm_with_an_upgrade_socket_refuses_new_clients_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let proxy = Proxy::start(&[
+        "--upgrade-socket",
+        &socket.display().to_string(),
+        "--hold-timeout",
+        "10m",
+        "--shutdown-grace",
+        "10m",
+        "etcd://127.0.0.1:1/p",
+    ]);
+    let addr = proxy.addr();
+    let held = std::thread::spawn(move || {
+        http::request(addr, "GET", "/_ping", &[], b"", Duration::from_secs(120))
+    });
+    proxy.wait_for_metric("leader_proxy_held_requests", 1.0, WAIT, "not held");
+    testkit::proxy::signal(proxy.pid(), "TERM");
+    proxy.wait_for_log("SIGTERM received", WAIT);
+    let deadline = Instant::now() + WAIT;
+    // A connect that is neither accepted nor refused (a backlog nobody reads) fails too.
+    let accepting = || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+    while accepting() || socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting on {addr} ({}) after SIGTERM:\n{}",
+            if socket.exists() {
+                "upgrade socket still there"
+            } else {
+                "upgrade socket removed"
+            },
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!held.is_finished(), "the held request was cut at SIGTERM");
+    drop(proxy);
+    let _ = held.join();
+}
+
 /// What the client loop saw: requests answered as expected, and every other outcome.
 #[derive(Default)]
 struct Tally {
