@@ -242,6 +242,38 @@ mod tests {
         assert_eq!(at - changed, Duration::from_secs(60));
     }
 
+    /// SIGHUP's change reaches connections already open: `close` set on a drain policy
+    /// ends them at the next change; a new `--drain-timeout` starts the clocks after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_set_later_applies_to_open_connections_at_the_next_change() {
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let router = router_on("127.0.0.1:1001").await;
+        let drain = Arc::new(Drain::new(
+            router.clone(),
+            OnLeaderChange::Drain,
+            Duration::from_secs(300),
+        ));
+        let open = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.must_end(a).await }
+        });
+        drain.set(OnLeaderChange::Close, Duration::from_secs(300));
+        router.apply(leader("127.0.0.1:1002")).await;
+        assert_eq!(open.await.unwrap(), EndReason::Closed);
+
+        let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        drain.set(OnLeaderChange::Drain, Duration::from_secs(7));
+        let open = tokio::spawn({
+            let drain = drain.clone();
+            async move { (drain.must_end(b).await, Instant::now()) }
+        });
+        router.apply(leader("127.0.0.1:1003")).await;
+        let changed = Instant::now();
+        let (reason, at) = open.await.unwrap();
+        assert_eq!(reason, EndReason::Drained);
+        assert_eq!(at - changed, Duration::from_secs(7));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_drain_clock_stops_when_the_old_leader_is_back() {
         let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
