@@ -8,14 +8,18 @@
 //! request is held: what SIGHUP changed shows in which request is held, which is refused
 //! and what its 503 says (the limits are in the message), never in how long anything took.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use testkit::conformance::standalone;
+use testkit::etcd::Etcd;
+use testkit::etcd_proxy::{proxy_for, KEY};
 use testkit::http;
 use testkit::proxy::Proxy;
+use testkit::tls::read_head;
 
 /// A store that never answers: no leader, so every request is held.
 const NOWHERE: &str = "etcd://127.0.0.1:1/p";
@@ -205,4 +209,51 @@ fn sighup_keeps_flags_over_the_file() {
         body.contains("no Swarm primary elected after waiting 1s"),
         "the file's hold-timeout does not apply: {body}"
     );
+}
+
+/// `on-leader-change` changed from `drain` (with an hour of `drain-timeout`) to `close`: a
+/// connection open to the old leader ends at the next leader change instead of draining
+/// for an hour (`--mode tcp`, a keep-alive connection to a simulated manager).
+#[test]
+fn sighup_applies_on_leader_change_from_the_next_change() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (standalone("m1", dir.path()), standalone("m2", dir.path()));
+    etcd.put_v2(KEY, &m1.advertise(), None);
+    let (_config_dir, config) = config_dir();
+    write(
+        &config,
+        "on-leader-change = \"drain\"\ndrain-timeout = \"1h\"\n",
+    );
+    let proxy = proxy_for(
+        &etcd,
+        &["--mode", "tcp", "--config", &config.display().to_string()],
+    );
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m1.advertise().as_str());
+    let mut open = TcpStream::connect(proxy.addr()).unwrap();
+    open.set_read_timeout(Some(WAIT)).unwrap();
+    open.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut open).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 2];
+    open.read_exact(&mut body).unwrap();
+
+    write(
+        &config,
+        "on-leader-change = \"close\"\ndrain-timeout = \"1h\"\n",
+    );
+    let reloaded = proxy.sighup(WAIT);
+    assert!(reloaded.contains("on-leader-change Close"), "{reloaded}");
+    etcd.put_v2(KEY, &m2.advertise(), None);
+    proxy.wait_for_leader(WAIT, |l| l["leader"] == m2.advertise().as_str());
+    // Closed (EOF or reset), not still open when the read gives up.
+    match open.read(&mut body) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "the connection to the old leader is still open after the change: {other:?}\n{}",
+            proxy.log()
+        ),
+    }
 }
