@@ -66,9 +66,9 @@ impl Admin {
         Ok(listener)
     }
 
-    /// Serves the admin API until `stop` turns true: then it stops accepting (the
-    /// listener is closed; after `--upgrade` the new process accepts on the same socket) and
-    /// the connections open finish on their own.
+    /// Serves the admin API until `stop` turns true (a new process took the listener over
+    /// with `--upgrade` and accepts on the same socket): then it stops accepting, and the
+    /// connections open finish on their own.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {

@@ -5,7 +5,7 @@
 //! added here, the log level by the binary); `--upgrade` takes the listening sockets over
 //! from a running process ([`crate::upgrade`]).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -218,6 +218,9 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The admin listener serves on through a SIGTERM's grace (`/readyz` says 503 to the
+    // load balancers); it stops accepting only when a new process took it over.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let connections = TaskTracker::new();
     let handed_over = Arc::new(AtomicBool::new(false));
     let clients = Clients {
@@ -244,8 +247,9 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         (Some(path), true) => Some(upgrade::take_over(path, &socket_names(&settings)).await?),
         _ => None,
     };
-    // Copies of every listening socket, for a later upgrade to hand over.
-    let mut handover: Vec<(String, OwnedFd)> = Vec::new();
+    // With --upgrade-socket, copies of every listening socket for a later upgrade to hand
+    // over. Only then: a copy keeps its socket open after the listener closes.
+    let mut handover = Handover(settings.upgrade_socket.as_ref().map(|_| Vec::new()));
     let mut listeners = Vec::new();
     let mut own = Vec::new();
     for listen in &settings.listen {
@@ -264,10 +268,10 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                 };
                 let bound = listener.local_addr().unwrap_or(*addr);
                 own.push(bound);
-                handover.push((
+                handover.keep(
                     format!("listen {}", ListenAddr::Tcp(bound)),
-                    listener.as_fd().try_clone_to_owned()?,
-                ));
+                    listener.as_fd(),
+                )?;
                 listeners.push(tokio::spawn(serve_tcp(
                     listener,
                     clients.clone(),
@@ -286,7 +290,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                     None => bind_unix(path, settings.socket_mode, settings.socket_group)
                         .with_context(|| format!("--listen {listen}"))?,
                 };
-                handover.push((name, socket.listener().as_fd().try_clone_to_owned()?));
+                handover.keep(name, socket.listener().as_fd())?;
                 listeners.push(tokio::spawn(serve_unix(
                     socket,
                     clients.clone(),
@@ -314,11 +318,8 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                 .with_context(|| format!("--admin {addr}"))?,
         };
         let bound = listener.local_addr().unwrap_or(addr);
-        handover.push((
-            format!("admin {bound}"),
-            listener.as_fd().try_clone_to_owned()?,
-        ));
-        tokio::spawn(admin.clone().serve(listener, shutdown_rx.clone()));
+        handover.keep(format!("admin {bound}"), listener.as_fd())?;
+        tokio::spawn(admin.clone().serve(listener, admin_stop_rx.clone()));
     }
 
     let upgrades = match &settings.upgrade_socket {
@@ -335,8 +336,11 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                  --upgrade takes the listening sockets over",
                 path.display()
             );
-            handover.push((name, socket.listener().as_fd().try_clone_to_owned()?));
-            Some(tokio::spawn(upgrade::serve(socket, handover)))
+            handover.keep(name, socket.listener().as_fd())?;
+            Some(tokio::spawn(upgrade::serve(
+                socket,
+                handover.0.unwrap_or_default(),
+            )))
         }
         None => None,
     };
@@ -373,6 +377,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
             // The new process serves every socket now, /readyz included: this one stays
             // ready for the connections it still has, and leaves the unix socket files.
             handed_over.store(true, Ordering::Release);
+            let _ = admin_stop_tx.send(true);
             info!(
                 "handed over to the new process: no new connections here; letting running \
                  requests finish (up to {:?})",
@@ -396,6 +401,19 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Copies of the listening sockets, by name, for `upgrade::serve`; `None` without
+/// `--upgrade-socket`, where none is made.
+struct Handover(Option<Vec<(String, OwnedFd)>>);
+
+impl Handover {
+    fn keep(&mut self, name: String, socket: BorrowedFd<'_>) -> std::io::Result<()> {
+        if let Some(sockets) = &mut self.0 {
+            sockets.push((name, socket.try_clone_to_owned()?));
+        }
+        Ok(())
+    }
 }
 
 /// The names of the listening sockets `settings` ask for, as [`upgrade`] hands them over.
