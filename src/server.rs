@@ -325,7 +325,7 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     let upgrades = match &settings.upgrade_socket {
         Some(path) => {
             let name = format!("upgrade-socket {}", path.display());
-            let socket = match &mut taken {
+            let mut socket = match &mut taken {
                 Some(taken) => taken.unix(&name, path)?,
                 // Whoever connects gets every listening socket: the owner only.
                 None => bind_socket_file(path, 0o600, None)
@@ -337,6 +337,9 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                 path.display()
             );
             handover.keep(name, socket.listener().as_fd())?;
+            // Every socket is taken: nothing can fail the upgrade any more, and a stop
+            // removes the file as after a bind.
+            socket.claim_file();
             Some(tokio::spawn(upgrade::serve(
                 socket,
                 handover.0.unwrap_or_default(),
@@ -349,10 +352,14 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     }
 
     let abort_upgrades = upgrades.as_ref().map(|task| task.abort_handle());
+    // Completes when a new process took the sockets over (the task ended on its own).
     let handed = async {
         match upgrades {
             Some(upgrades) => {
-                let _ = upgrades.await;
+                if let Err(e) = upgrades.await {
+                    warn!("--upgrade-socket: serving upgrades failed: {e}; no upgrades");
+                    std::future::pending::<()>().await;
+                }
             }
             None => std::future::pending().await,
         }

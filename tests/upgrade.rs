@@ -144,6 +144,15 @@ fn upgrade_with_other_listeners_is_refused_and_the_running_process_serves_on() {
     );
     assert_eq!(unix_ping(&unix).unwrap(), 503);
     new.wait_for_log("--upgrade: serving on every socket", WAIT);
+
+    // The files are the new process's now: its SIGTERM removes them.
+    let mut new = new;
+    assert!(
+        new.terminate(WAIT).is_some_and(|s| s.success()),
+        "{}",
+        new.log()
+    );
+    assert!(!unix.exists() && !socket.exists(), "{}", new.log());
 }
 
 /// SIGTERM stops a process that serves upgrades like any other: new clients are refused

@@ -176,8 +176,10 @@ pub struct UnixSocket {
 }
 
 impl UnixSocket {
-    /// A listener handed over by the process that bound it (`--upgrade`): this process
-    /// owns the file at `path` from now on. The path must be where the listener is bound.
+    /// A listener handed over by the process that bound it (`--upgrade`). The path must be
+    /// where the listener is bound. Until this process serves it, the file is still the old
+    /// process's: dropped before (a failed upgrade), it stays. [`serve_unix`] takes it on
+    /// when it stops serving, [`Self::claim_file`] before.
     pub fn inherited(listener: std::os::unix::net::UnixListener, path: &Path) -> io::Result<Self> {
         let bound = listener.local_addr()?;
         if bound.as_pathname() != Some(path) {
@@ -193,9 +195,14 @@ impl UnixSocket {
             file: SocketFile {
                 path: path.to_path_buf(),
                 id: (meta.dev(), meta.ino()),
-                remove: true,
+                remove: false,
             },
         })
+    }
+
+    /// The file is this process's from now on: removed when this is dropped.
+    pub fn claim_file(&mut self) {
+        self.file.remove = true;
     }
 
     pub fn listener(&self) -> &UnixListener {
