@@ -17,9 +17,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::metrics::Metrics;
+use crate::proxy::hold::Hold;
 use crate::router::Router;
 
 /// How long a client may take to send a request head. The admin API faces load balancers
@@ -37,16 +39,17 @@ const MAX_CONNECTIONS: usize = 128;
 pub struct Admin {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    hold_timeout: Duration,
+    /// For `--hold-timeout` as it is now (SIGHUP may change it): `/readyz` uses it.
+    hold: Arc<Hold>,
     shutting_down: AtomicBool,
 }
 
 impl Admin {
-    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, hold_timeout: Duration) -> Self {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, hold: Arc<Hold>) -> Self {
         Self {
             router,
             metrics,
-            hold_timeout,
+            hold,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -63,11 +66,17 @@ impl Admin {
         Ok(listener)
     }
 
-    /// Serves the admin API until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Serves the admin API until `stop` turns true (a new process took the listener over
+    /// with `--upgrade` and accepts on the same socket): then it stops accepting, and the
+    /// connections open finish on their own.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let Ok((tcp, peer)) = accepted else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -106,7 +115,7 @@ impl Admin {
             "/readyz" => {
                 if self.shutting_down.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-                } else if self.router.is_ready(self.hold_timeout) {
+                } else if self.router.is_ready(self.hold.timeout()) {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(

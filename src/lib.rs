@@ -10,12 +10,15 @@
 //! - [`tls`]: TLS for clients and to the managers, reloaded on SIGHUP;
 //! - [`admin`], [`history`] and [`metrics`]: what operators and load balancers look at;
 //! - [`commands`]: the one-shot `status` and `leader` commands;
-//! - [`limits`]: the open-files limit, raised at start, and the client-connection cap.
+//! - [`limits`]: the open-files limit, raised at start, and the client-connection cap;
+//! - [`handover`] and [`upgrade`]: listening sockets passed to a new process (`--upgrade`);
+//! - [`reload`]: what SIGHUP applies from the settings read again.
 
 pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod discovery;
+pub mod handover;
 pub mod history;
 pub mod keepalive;
 pub mod limits;
@@ -23,7 +26,9 @@ pub mod log_writer;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod tls;
 pub mod trim;
+pub mod upgrade;

@@ -6,11 +6,11 @@
 use leader_proxy::commands::{self, Command};
 use leader_proxy::config::{self, LogFormat, Settings};
 use leader_proxy::log_writer::{FlushOnDrop, LogWriter};
-use leader_proxy::server::{self, Hooks, ReloadHook};
+use leader_proxy::reload::Part;
+use leader_proxy::server::{self, Hooks};
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -57,7 +57,10 @@ fn main() -> ExitCode {
         }
     };
     let hooks = Hooks {
-        on_sighup: Some(settings_reload(args, set_filter, start.policies())),
+        // SIGHUP reads the same sources as the start: this command line, the environment,
+        // the --config file (which may have changed).
+        load_settings: Some(Box::new(move || config::load_from_args(args.clone()))),
+        log_level: Some(log_level_reload(set_filter)),
         dropped_log_lines: Some(Box::new(move || log.dropped_lines())),
     };
     match runtime.block_on(server::run(start, hooks)) {
@@ -115,28 +118,11 @@ fn init_logging(settings: &Settings) -> std::io::Result<(SetFilter, LogWriter, F
     Ok((set_filter, writer, flush))
 }
 
-/// SIGHUP's part of the binary: the settings are read again as at start (the same command
-/// line, the environment, the `--config` file, which may have changed) and their log level
-/// and access policies are applied. Settings that no longer load, or policies that do not
-/// build, keep what is in use.
-fn settings_reload(
-    args: Vec<OsString>,
-    set_filter: SetFilter,
-    policies: Arc<config::Policies>,
-) -> ReloadHook {
-    Box::new(move || match config::load_from_args(args.clone()) {
-        Ok(settings) => {
-            match set_filter(filter(&settings)) {
-                Ok(()) => tracing::info!("SIGHUP: log level {}", settings.log_level),
-                Err(e) => tracing::warn!("SIGHUP: cannot change the log level: {e}"),
-            }
-            match policies.reload(&settings) {
-                Ok(()) => tracing::info!("SIGHUP: access policies reloaded"),
-                Err(e) => tracing::warn!("SIGHUP: keeping the access policies in use: {e}"),
-            }
-        }
-        Err(e) => {
-            tracing::warn!("SIGHUP: the settings do not load, the log level and policies stay: {e}")
-        }
+/// SIGHUP's part of the binary: the log level of the settings read again.
+fn log_level_reload(set_filter: SetFilter) -> Part {
+    Part::new("log level", move |settings| {
+        set_filter(filter(settings)).map_err(|e| format!("cannot change the log level: {e}"))?;
+        tracing::info!("SIGHUP: log level {}", settings.log_level);
+        Ok(())
     })
 }

@@ -4,8 +4,8 @@
 //! module may count things without this one knowing their types.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -50,6 +50,11 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// SIGHUP reloads of the certificates, by `result` (`ok`, `error`: the old ones kept).
     pub reloads: IntCounterVec,
+    /// 1 if the last load of the settings (the start, or a SIGHUP) was applied whole, 0 if
+    /// it was refused or a part of it failed (as `prometheus_config_last_reload_successful`).
+    config_reload_success: IntGauge,
+    /// When the settings were last loaded successfully, in Unix seconds.
+    config_reload_timestamp: Gauge,
     /// Log lines (access-log lines included) the log writer dropped because its queue was
     /// full: brought up to date from `dropped_log_source` when `/metrics` is read.
     dropped_log_lines: IntCounter,
@@ -177,6 +182,16 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let config_reload_success = IntGauge::new(
+            "leader_proxy_config_reload_success",
+            "1 if the last load of the settings (start or SIGHUP) was applied whole, else 0",
+        )
+        .expect("valid metric");
+        let config_reload_timestamp = Gauge::new(
+            "leader_proxy_config_reload_timestamp_seconds",
+            "When the settings were last loaded successfully (start or SIGHUP), Unix seconds",
+        )
+        .expect("valid metric");
         let dropped_log_lines = IntCounter::new(
             "leader_proxy_log_lines_dropped_total",
             "Log lines (access log included) dropped because the log writer fell behind",
@@ -226,6 +241,8 @@ impl Metrics {
             Box::new(l4_bytes.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(reloads.clone()),
+            Box::new(config_reload_success.clone()),
+            Box::new(config_reload_timestamp.clone()),
             Box::new(dropped_log_lines.clone()),
             Box::new(client_connections.clone()),
             Box::new(client_connections_refused.clone()),
@@ -255,12 +272,26 @@ impl Metrics {
             l4_bytes,
             tls_handshake_failures,
             reloads,
+            config_reload_success,
+            config_reload_timestamp,
             dropped_log_lines,
             dropped_log_source: None,
             client_connections,
             client_connections_refused,
             accepted_connections,
             policy_denials,
+        }
+    }
+
+    /// Records a load of the settings (the start, or a SIGHUP): whether it was applied whole,
+    /// and if so when.
+    pub fn config_loaded(&self, ok: bool) {
+        self.config_reload_success.set(i64::from(ok));
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.config_reload_timestamp.set(now.as_secs_f64());
         }
     }
 

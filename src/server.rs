@@ -1,9 +1,12 @@
 //! Composes the services of one leader-proxy process and runs them until SIGTERM/SIGINT:
 //! the leader source feeding the router, the client listeners (`--mode http`: the front,
 //! with client TLS on TCP listeners when configured; `--mode tcp`: the L4 relay), the admin
-//! listener. SIGHUP reloads the certificates (client and upstream) and whatever the binary
-//! hooks in (the log level), nothing else.
+//! listener, the upgrade socket. SIGHUP reloads what [`crate::reload`] lists (the parts are
+//! added here, the log level by the binary); `--upgrade` takes the listening sockets over
+//! from a running process ([`crate::upgrade`]).
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -25,21 +28,24 @@ use crate::proxy::front::Front;
 use crate::proxy::hijack::HijackRelay;
 use crate::proxy::hold::Hold;
 use crate::proxy::http::DockerApi;
-use crate::proxy::listener::{bind_tcp, bind_unix, serve_tcp, serve_unix, Clients, Service};
+use crate::proxy::listener::{
+    bind_socket_file, bind_tcp, bind_unix, serve_tcp, serve_unix, Clients, Service,
+};
 use crate::proxy::proxy_protocol::TrustedProxies;
 use crate::proxy::tcp::L4Proxy;
+use crate::reload::{LoadSettings, Part, Reload};
 use crate::router::Router;
 use crate::tls::{ServerTls, UpstreamTls, UPSTREAM_CA};
+use crate::upgrade;
 
-/// What SIGHUP reloads besides the certificates, given by the binary (the log filter lives
-/// there). Called on the runtime: it must not block for long.
-pub type ReloadHook = Box<dyn Fn() + Send + Sync>;
-
-/// What the binary adds to the process it runs: its part of SIGHUP (the log level) and the
-/// count of log lines its writer dropped (for `/metrics`).
+/// What the binary adds to the process it runs: how SIGHUP reads the settings again (it
+/// holds the command line), its part of SIGHUP (the log filter lives there; called on the
+/// runtime, it must not block for long) and the count of log lines its writer dropped (for
+/// `/metrics`).
 #[derive(Default)]
 pub struct Hooks {
-    pub on_sighup: Option<ReloadHook>,
+    pub load_settings: Option<LoadSettings>,
+    pub log_level: Option<Part>,
     pub dropped_log_lines: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
@@ -52,15 +58,8 @@ pub struct Start {
     /// `--upstream-cert-path`: one instance for the proxy and the `swarm://`/`static://`
     /// probes, so one SIGHUP reloads it for both.
     upstream_tls: Option<Arc<UpstreamTls>>,
-    /// The listeners' access policies; the binary's SIGHUP hook reloads them.
+    /// The listeners' access policies; SIGHUP reloads them (a `reload::Part`).
     policies: Arc<Policies>,
-}
-
-impl Start {
-    /// The access policies, for the binary's SIGHUP hook ([`Policies::reload`]).
-    pub fn policies(&self) -> Arc<Policies> {
-        self.policies.clone()
-    }
 }
 
 /// Why the process cannot start. Each is a setting that cannot work, so the binary exits 2
@@ -113,8 +112,8 @@ pub fn build(settings: Settings) -> Result<Start, StartError> {
     })
 }
 
-/// Runs what [`build`] prepared until SIGTERM or SIGINT, calling `on_sighup` after the
-/// certificates are reloaded on each SIGHUP.
+/// Runs what [`build`] prepared until SIGTERM or SIGINT, or until a new process took the
+/// listening sockets over (`--upgrade`), reloading on SIGHUP.
 pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     let Start {
         settings,
@@ -170,18 +169,44 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
             );
         }
     }
-    let reload = Reload {
-        server_tls: server_tls.clone(),
-        upstream_tls: upstream_tls.clone(),
-        metrics: metrics.clone(),
-        hook: hooks.on_sighup,
-    };
+    let mut reload = Reload::new(settings.clone(), hooks.load_settings, metrics.clone());
+    reload.add(Part::new("hold", {
+        let hold = hold.clone();
+        move |s| {
+            hold.set_limits(s.hold_timeout, s.max_held);
+            Ok(())
+        }
+    }));
+    reload.add(Part::new("leader-change policy", {
+        let drain = drain.clone();
+        move |s| {
+            drain.set(s.on_leader_change, s.drain_timeout);
+            Ok(())
+        }
+    }));
+    reload.add(certificates(
+        server_tls.clone(),
+        upstream_tls.clone(),
+        metrics.clone(),
+    ));
+    if let Some(log_level) = hooks.log_level {
+        reload.add(log_level);
+    }
+    reload.add(Part::new("access policies", {
+        let policies = policies.clone();
+        move |s| {
+            policies.reload(s).map_err(|e| e.to_string())?;
+            info!("SIGHUP: access policies reloaded");
+            Ok(())
+        }
+    }));
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             reload.run();
         }
     });
 
+    let admin = Arc::new(Admin::new(router.clone(), metrics.clone(), hold.clone()));
     let service = match settings.mode {
         Mode::Http => Service::Http {
             front: Arc::new(Front::new(
@@ -217,13 +242,18 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The admin listener serves on through a SIGTERM's grace (`/readyz` says 503 to the
+    // load balancers); it stops accepting only when a new process took it over.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let connections = TaskTracker::new();
+    let handed_over = Arc::new(AtomicBool::new(false));
     let clients = Clients {
         service,
         cap: Arc::new(ConnectionCap::new(max_connections, &metrics)),
         proxies: Arc::new(TrustedProxies::new(settings.proxy_protocol_from.clone())),
         connections: connections.clone(),
         metrics: metrics.clone(),
+        handed_over: handed_over.clone(),
     };
     if !clients.proxies.is_empty() {
         info!(
@@ -236,19 +266,41 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
                 .join(",")
         );
     }
+    // With --upgrade every listening socket comes from the running process, by name;
+    // otherwise each is bound here. Either way each is logged `Listening on ADDR`.
+    let mut taken = match (&settings.upgrade_socket, settings.upgrade) {
+        (Some(path), true) => Some(upgrade::take_over(path, &socket_names(&settings)).await?),
+        _ => None,
+    };
+    // With --upgrade-socket, copies of every listening socket for a later upgrade to hand
+    // over. Only then: a copy keeps its socket open after the listener closes.
+    let mut handover = Handover(settings.upgrade_socket.as_ref().map(|_| Vec::new()));
     let mut listeners = Vec::new();
     let mut own = Vec::new();
     for (index, listen) in settings.listen.iter().enumerate() {
+        let name = format!("listen {listen}");
         let mut clients = clients.clone();
         if let Service::Http { policy, .. } = &mut clients.service {
             *policy = policies.set().listener(index);
         }
         match listen {
             ListenAddr::Tcp(addr) => {
-                let listener = bind_tcp(*addr)
-                    .await
-                    .with_context(|| format!("--listen {addr}"))?;
-                own.push(listener.local_addr().unwrap_or(*addr));
+                let listener = match &mut taken {
+                    Some(taken) => {
+                        let listener = taken.tcp(&name, *addr)?;
+                        info!("Listening on {addr}");
+                        listener
+                    }
+                    None => bind_tcp(*addr)
+                        .await
+                        .with_context(|| format!("--listen {addr}"))?,
+                };
+                let bound = listener.local_addr().unwrap_or(*addr);
+                own.push(bound);
+                handover.keep(
+                    format!("listen {}", ListenAddr::Tcp(bound)),
+                    listener.as_fd(),
+                )?;
                 listeners.push(tokio::spawn(serve_tcp(
                     listener,
                     clients.clone(),
@@ -258,8 +310,16 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
             ListenAddr::Unix(path) => {
                 // Bound here, served (and its file removed at the end) by `serve_unix`; if
                 // a later listener fails, dropping it removes the file again.
-                let socket = bind_unix(path, settings.socket_mode, settings.socket_group)
-                    .with_context(|| format!("--listen {listen}"))?;
+                let socket = match &mut taken {
+                    Some(taken) => {
+                        let socket = taken.unix(&name, path)?;
+                        info!("Listening on {listen}");
+                        socket
+                    }
+                    None => bind_unix(path, settings.socket_mode, settings.socket_group)
+                        .with_context(|| format!("--listen {listen}"))?,
+                };
+                handover.keep(name, socket.listener().as_fd())?;
                 listeners.push(tokio::spawn(serve_unix(
                     socket,
                     clients.clone(),
@@ -275,20 +335,92 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
         async move { router.follow(events_rx).await }
     });
 
-    let admin = Arc::new(Admin::new(router.clone(), metrics, settings.hold_timeout));
     if let Some(addr) = settings.admin {
-        let listener = Admin::bind(addr)
-            .await
-            .with_context(|| format!("--admin {addr}"))?;
-        tokio::spawn(admin.clone().serve(listener));
+        let listener = match &mut taken {
+            Some(taken) => {
+                let listener = taken.tcp(&format!("admin {addr}"), addr)?;
+                info!("Admin listening on {addr}");
+                listener
+            }
+            None => Admin::bind(addr)
+                .await
+                .with_context(|| format!("--admin {addr}"))?,
+        };
+        let bound = listener.local_addr().unwrap_or(addr);
+        handover.keep(format!("admin {bound}"), listener.as_fd())?;
+        tokio::spawn(admin.clone().serve(listener, admin_stop_rx.clone()));
     }
 
-    let signal = stop_signal().await?;
-    info!(
-        "{signal} received: no new connections; letting running requests finish (up to {:?})",
-        settings.shutdown_grace
-    );
-    admin.begin_shutdown();
+    let upgrades = match &settings.upgrade_socket {
+        Some(path) => {
+            let name = format!("upgrade-socket {}", path.display());
+            let mut socket = match &mut taken {
+                Some(taken) => taken.unix(&name, path)?,
+                // Whoever connects gets every listening socket: the owner only.
+                None => bind_socket_file(path, 0o600, None)
+                    .with_context(|| format!("--upgrade-socket {}", path.display()))?,
+            };
+            info!(
+                "Upgrades on unix://{} (--upgrade-socket): a new process started with \
+                 --upgrade takes the listening sockets over",
+                path.display()
+            );
+            handover.keep(name, socket.listener().as_fd())?;
+            // Every socket is taken: nothing can fail the upgrade any more, and a stop
+            // removes the file as after a bind.
+            socket.claim_file();
+            Some(tokio::spawn(upgrade::serve(
+                socket,
+                handover.0.unwrap_or_default(),
+            )))
+        }
+        None => None,
+    };
+    if let Some(taken) = taken {
+        taken.finish().ready().await;
+    }
+
+    let abort_upgrades = upgrades.as_ref().map(|task| task.abort_handle());
+    // Completes when a new process took the sockets over (the task ended on its own).
+    let handed = async {
+        match upgrades {
+            Some(upgrades) => {
+                if let Err(e) = upgrades.await {
+                    warn!("--upgrade-socket: serving upgrades failed: {e}; no upgrades");
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        signal = stop_signal() => {
+            info!(
+                "{} received: no new connections; letting running requests finish (up to {:?})",
+                signal?,
+                settings.shutdown_grace
+            );
+            // Load balancers move traffic away while running requests finish.
+            admin.begin_shutdown();
+            // No upgrade from a stopping process; and the copies of the listening sockets
+            // kept for one must close with the listeners, or new clients would wait in a
+            // backlog nobody accepts from instead of being refused.
+            if let Some(upgrades) = abort_upgrades {
+                upgrades.abort();
+            }
+        }
+        () = handed => {
+            // The new process serves every socket now, /readyz included: this one stays
+            // ready for the connections it still has, and leaves the unix socket files.
+            handed_over.store(true, Ordering::Release);
+            let _ = admin_stop_tx.send(true);
+            info!(
+                "handed over to the new process: no new connections here; letting running \
+                 requests finish (up to {:?})",
+                settings.shutdown_grace
+            );
+        }
+    }
     let _ = shutdown_tx.send(true);
     for listener in listeners {
         let _ = listener.await;
@@ -305,6 +437,28 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Copies of the listening sockets, by name, for `upgrade::serve`; `None` without
+/// `--upgrade-socket`, where none is made.
+struct Handover(Option<Vec<(String, OwnedFd)>>);
+
+impl Handover {
+    fn keep(&mut self, name: String, socket: BorrowedFd<'_>) -> std::io::Result<()> {
+        if let Some(sockets) = &mut self.0 {
+            sockets.push((name, socket.try_clone_to_owned()?));
+        }
+        Ok(())
+    }
+}
+
+/// The names of the listening sockets `settings` ask for, as [`upgrade`] hands them over.
+fn socket_names(settings: &Settings) -> Vec<String> {
+    let listen = settings.listen.iter().map(|l| format!("listen {l}"));
+    let admin = settings.admin.iter().map(|a| format!("admin {a}"));
+    let upgrade =
+        (settings.upgrade_socket.iter()).map(|p| format!("upgrade-socket {}", p.display()));
+    listen.chain(admin).chain(upgrade).collect()
 }
 
 /// Raises the open-files limit (as Go programs do, see [`crate::limits`]) and returns the
@@ -349,44 +503,41 @@ fn max_connections(flag: Option<usize>) -> usize {
     }
 }
 
-/// What SIGHUP reloads.
-struct Reload {
+/// SIGHUP's certificates part: the files are read again from the paths given at start
+/// (open connections keep the certificates they were made with; a file that cannot be used
+/// keeps the old certificates, logged and counted).
+fn certificates(
     server_tls: Option<Arc<ServerTls>>,
     upstream_tls: Option<Arc<UpstreamTls>>,
     metrics: Arc<Metrics>,
-    hook: Option<ReloadHook>,
-}
-
-impl Reload {
-    /// Reads the certificate files again (open connections keep the certificates they were
-    /// made with; a file that cannot be used keeps the old certificates, logged and
-    /// counted), then runs the hook.
-    fn run(&self) {
+) -> Part {
+    Part::new("certificates", move |_| {
         let results = [
-            self.server_tls.as_ref().map(|tls| tls.reload()),
-            self.upstream_tls.as_ref().map(|tls| tls.reload()),
+            server_tls.as_ref().map(|tls| tls.reload()),
+            upstream_tls.as_ref().map(|tls| tls.reload()),
         ];
-        let (mut ok, mut failed) = (0, 0);
+        let mut errors = Vec::new();
+        let mut reloaded = false;
         for result in results.into_iter().flatten() {
-            match result {
-                Ok(()) => ok += 1,
-                Err(e) => {
-                    failed += 1;
-                    warn!("SIGHUP: {e}; keeping the certificates in use");
-                }
+            reloaded = true;
+            if let Err(e) = result {
+                warn!("SIGHUP: {e}; keeping the certificates in use");
+                errors.push(e.to_string());
             }
         }
-        if ok + failed > 0 {
-            let result = if failed == 0 { "ok" } else { "error" };
-            self.metrics.reloads.with_label_values(&[result]).inc();
-            if failed == 0 {
+        if reloaded {
+            let result = if errors.is_empty() { "ok" } else { "error" };
+            metrics.reloads.with_label_values(&[result]).inc();
+        }
+        if errors.is_empty() {
+            if reloaded {
                 info!("SIGHUP: certificates reloaded");
             }
+            Ok(())
+        } else {
+            Err(errors.join("; "))
         }
-        if let Some(hook) = &self.hook {
-            hook();
-        }
-    }
+    })
 }
 
 /// pingora's settings for the L7 path. Retries are bounded by leader-proxy's own hold

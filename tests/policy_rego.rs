@@ -239,7 +239,7 @@ fn sighup_reloads_the_rego_file_and_keeps_the_old_one_when_bad() {
 
     std::fs::write(&file, "package docker.authz\nallow {\n").expect("write");
     testkit::proxy::signal(proxy.pid(), "HUP");
-    proxy.wait_for_log("SIGHUP: keeping the access policies in use", CMD);
+    proxy.wait_for_log("SIGHUP: access policies: ", CMD);
     assert!(proxy.log().contains("--policy-rego"), "{}", proxy.log());
     assert_eq!(status(), 403, "the old policy is still in force");
 

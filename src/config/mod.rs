@@ -265,6 +265,10 @@ pub struct Settings {
     pub tls: Option<ClientTls>,
     /// `--upstream-cert-path`: TLS to the managers (`ca.pem`, `cert.pem`, `key.pem`).
     pub upstream_cert_path: Option<PathBuf>,
+    /// `--upgrade-socket`: where this process hands its listening sockets to a new one.
+    pub upgrade_socket: Option<PathBuf>,
+    /// `--upgrade`: take the listening sockets from the process on `upgrade_socket`.
+    pub upgrade: bool,
 }
 
 impl Settings {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::cli::Cli;
@@ -112,6 +113,7 @@ pub(super) fn resolve(
     let upstream_cert_path = policy::upstream_cert_path(cli.upstream_cert_path, mode, &discovery)?;
     let insecure_bind = cli.insecure_bind.unwrap_or(false);
     policy::check_bind(&listen, admin, insecure_bind, tlsverify, mode)?;
+    let (upgrade_socket, upgrade) = upgrade(cli.upgrade_socket, cli.upgrade)?;
 
     Ok(Settings {
         discovery,
@@ -140,7 +142,37 @@ pub(super) fn resolve(
         log_format,
         tls,
         upstream_cert_path,
+        upgrade_socket,
+        upgrade,
     })
+}
+
+/// `--upgrade-socket` (an absolute path, like a unix `--listen`) and `--upgrade`, which
+/// has nowhere to take the listeners from without it.
+fn upgrade(
+    socket: Option<String>,
+    upgrade: Option<bool>,
+) -> Result<(Option<PathBuf>, bool), ConfigError> {
+    let socket = match socket {
+        Some(value) if !value.trim().starts_with('/') => {
+            return Err(invalid(
+                "upgrade-socket",
+                &value,
+                "expected an absolute path for a unix socket",
+            ))
+        }
+        Some(value) => Some(PathBuf::from(value.trim())),
+        None => None,
+    };
+    let upgrade = upgrade.unwrap_or(false);
+    if upgrade && socket.is_none() {
+        return Err(invalid(
+            "upgrade",
+            "true",
+            "needs --upgrade-socket PATH, where the running process hands its listeners over",
+        ));
+    }
+    Ok((socket, upgrade))
 }
 
 fn discovery(value: Option<String>) -> Result<DiscoveryUrl, ConfigError> {
@@ -715,5 +747,24 @@ mod tests {
             &[("LEADER_PROXY_PROXY_PROTOCOL_FROM", "10.0.0.0/33")],
         );
         assert!(e.contains("--proxy-protocol-from"), "{e}");
+    }
+
+    #[test]
+    fn upgrade_needs_an_upgrade_socket_given_as_an_absolute_path() {
+        let s = load(&[URL]).unwrap();
+        assert_eq!((s.upgrade_socket, s.upgrade), (None, false));
+        let s = load(&["--upgrade-socket", "/run/lp/up.sock", "--upgrade", URL]).unwrap();
+        assert_eq!(s.upgrade_socket, Some(PathBuf::from("/run/lp/up.sock")));
+        assert!(s.upgrade);
+        let e = err(&["--upgrade", URL]);
+        assert!(
+            e.starts_with("invalid value \"true\" for --upgrade") && e.contains("--upgrade-socket"),
+            "{e}"
+        );
+        let e = err(&["--upgrade-socket", "up.sock", URL]);
+        assert!(
+            e.contains("for --upgrade-socket") && e.contains("absolute"),
+            "{e}"
+        );
     }
 }

@@ -24,6 +24,7 @@
 //! runs the whole request in the front's task).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,20 +63,46 @@ impl EndReason {
     }
 }
 
-/// The policy, shared by the front and the hijack relay.
+/// The policy, shared by the front and the hijack relay. SIGHUP may change it
+/// ([`Drain::set`]); each connection reads it with atomic loads, never a lock.
 pub struct Drain {
     router: Arc<Router>,
-    policy: OnLeaderChange,
-    timeout: Duration,
+    /// `--on-leader-change close` (false: `drain`).
+    close: AtomicBool,
+    /// `--drain-timeout` in nanoseconds (at most a year: fits in 64 bits).
+    timeout_nanos: AtomicU64,
 }
 
 impl Drain {
     pub fn new(router: Arc<Router>, policy: OnLeaderChange, timeout: Duration) -> Self {
-        Self {
+        let drain = Self {
             router,
-            policy,
-            timeout,
+            close: AtomicBool::new(false),
+            timeout_nanos: AtomicU64::new(0),
+        };
+        drain.set(policy, timeout);
+        drain
+    }
+
+    /// A new policy (SIGHUP). It applies to the next leader change: a connection whose
+    /// drain clock already runs keeps its deadline.
+    pub fn set(&self, policy: OnLeaderChange, timeout: Duration) {
+        self.close
+            .store(policy == OnLeaderChange::Close, Ordering::Relaxed);
+        let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.timeout_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn policy(&self) -> OnLeaderChange {
+        if self.close.load(Ordering::Relaxed) {
+            OnLeaderChange::Close
+        } else {
+            OnLeaderChange::Drain
         }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout_nanos.load(Ordering::Relaxed))
     }
 
     /// Completes when a connection to `upstream` must end; pending for as long as it may run.
@@ -90,10 +117,10 @@ impl Drain {
             };
             match leader {
                 Some(leader) if leader == upstream => deadline = None,
-                Some(_) => match self.policy {
+                Some(_) => match self.policy() {
                     OnLeaderChange::Close => return EndReason::Closed,
                     OnLeaderChange::Drain => {
-                        deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+                        deadline.get_or_insert_with(|| Instant::now() + self.timeout());
                     }
                 },
                 // The election is open: whatever clock runs keeps running.
@@ -213,6 +240,38 @@ mod tests {
         let (reason, at) = drained.await.unwrap();
         assert_eq!(reason, EndReason::Drained);
         assert_eq!(at - changed, Duration::from_secs(60));
+    }
+
+    /// SIGHUP's change reaches connections already open: `close` set on a drain policy
+    /// ends them at the next change; a new `--drain-timeout` starts the clocks after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_set_later_applies_to_open_connections_at_the_next_change() {
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let router = router_on("127.0.0.1:1001").await;
+        let drain = Arc::new(Drain::new(
+            router.clone(),
+            OnLeaderChange::Drain,
+            Duration::from_secs(300),
+        ));
+        let open = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.must_end(a).await }
+        });
+        drain.set(OnLeaderChange::Close, Duration::from_secs(300));
+        router.apply(leader("127.0.0.1:1002")).await;
+        assert_eq!(open.await.unwrap(), EndReason::Closed);
+
+        let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        drain.set(OnLeaderChange::Drain, Duration::from_secs(7));
+        let open = tokio::spawn({
+            let drain = drain.clone();
+            async move { (drain.must_end(b).await, Instant::now()) }
+        });
+        router.apply(leader("127.0.0.1:1003")).await;
+        let changed = Instant::now();
+        let (reason, at) = open.await.unwrap();
+        assert_eq!(reason, EndReason::Drained);
+        assert_eq!(at - changed, Duration::from_secs(7));
     }
 
     #[tokio::test(start_paused = true)]

@@ -103,14 +103,26 @@ impl Front {
     ) {
         let client = Arc::new(client);
         let upstream = RequestUpstream::default();
+        // The first request is served even if the stop began meanwhile: the client sent it
+        // to a listener that accepted its connection (during an upgrade, the old process's
+        // accept just before the hand-over). Only an idle keep-alive connection is closed at
+        // the stop. The first head is bounded by KEEPALIVE_IDLE, and the stop by
+        // --shutdown-grace, like any request.
+        let mut first = true;
         loop {
-            if *shutdown.borrow() {
+            if !first && *shutdown.borrow() {
                 return;
             }
-            let head = tokio::select! {
-                head = tokio::time::timeout(KEEPALIVE_IDLE, read_head(&mut stream)) => head,
-                _ = shutdown.changed() => return,
+            let reading = tokio::time::timeout(KEEPALIVE_IDLE, read_head(&mut stream));
+            let head = if first {
+                reading.await
+            } else {
+                tokio::select! {
+                    head = reading => head,
+                    _ = shutdown.changed() => return,
+                }
             };
+            first = false;
             let (mut bytes, upgrade) = match head {
                 Ok(Ok(Head::Request { bytes, upgrade })) => (bytes, upgrade),
                 Ok(Ok(Head::Closed)) | Err(_) => return,

@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,11 +74,15 @@ pub struct Client {
 }
 
 /// Shared by every request: the router, the limits and the leader's redial schedule.
+///
+/// The limits (`--hold-timeout`, `--max-held`) change on SIGHUP ([`Hold::set_limits`]);
+/// the request path reads them with one atomic load each, never a lock.
 pub struct Hold {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    timeout: Duration,
-    max_held: usize,
+    /// `--hold-timeout` in nanoseconds (at most a year, docs/cli.md#flags: fits in 64 bits).
+    timeout_nanos: AtomicU64,
+    max_held: AtomicUsize,
     held: AtomicUsize,
     redial: Arc<Redial>,
 }
@@ -110,8 +114,8 @@ impl Hold {
         Self {
             router,
             metrics,
-            timeout,
-            max_held,
+            timeout_nanos: AtomicU64::new(nanos(timeout)),
+            max_held: AtomicUsize::new(max_held),
             held: AtomicUsize::new(0),
             redial: Arc::new(Redial::default()),
         }
@@ -121,12 +125,25 @@ impl Hold {
         &self.router
     }
 
+    /// `--hold-timeout` now.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout_nanos.load(Ordering::Relaxed))
+    }
+
+    /// New limits (SIGHUP). Requests arriving from now on get them; one already waiting
+    /// keeps the deadline it started with, and the requests already held beyond a lower
+    /// `max_held` go on waiting (only new ones are refused).
+    pub fn set_limits(&self, timeout: Duration, max_held: usize) {
+        self.timeout_nanos.store(nanos(timeout), Ordering::Relaxed);
+        self.max_held.store(max_held, Ordering::Relaxed);
+    }
+
     /// A fresh state for a request arriving now.
     pub fn start(&self) -> HoldState {
         let started = Instant::now();
         HoldState {
             started,
-            deadline: started + self.timeout,
+            deadline: started + self.timeout(),
             last: None,
             held: false,
             probe: None,
@@ -181,7 +198,7 @@ impl Hold {
                         addr: upstream.socket,
                         waited: round_to_millis(now - state.started),
                     },
-                    None => HoldError::NoLeader(self.timeout),
+                    None => HoldError::NoLeader(state.deadline - state.started),
                 });
             }
             state.held = true;
@@ -217,9 +234,10 @@ impl Hold {
 
     fn try_hold(self: &Arc<Self>) -> Result<HeldPermit, HoldError> {
         let previous = self.held.fetch_add(1, Ordering::AcqRel);
-        if previous >= self.max_held {
+        let max_held = self.max_held.load(Ordering::Relaxed);
+        if previous >= max_held {
             self.held.fetch_sub(1, Ordering::AcqRel);
-            return Err(HoldError::TooManyHeld(self.max_held));
+            return Err(HoldError::TooManyHeld(max_held));
         }
         self.metrics.held.inc();
         Ok(HeldPermit {
@@ -227,6 +245,11 @@ impl Hold {
             since: Instant::now(),
         })
     }
+}
+
+/// `d` in nanoseconds, saturated (the settings allow at most a year).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn round_to_millis(d: Duration) -> Duration {

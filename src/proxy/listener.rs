@@ -13,6 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,8 @@ pub enum Service {
 
 /// What every client listener shares: the service, the `--max-connections` cap over all of
 /// them, the sources whose PROXY headers are honoured, the tracker of connection tasks
-/// (shutdown waits for them) and the metrics (connections admitted per listener).
+/// (shutdown waits for them), the metrics (connections admitted per listener), and whether
+/// the listeners went to a new process.
 #[derive(Clone)]
 pub struct Clients {
     pub service: Service,
@@ -63,6 +65,9 @@ pub struct Clients {
     pub proxies: Arc<TrustedProxies>,
     pub connections: TaskTracker,
     pub metrics: Arc<Metrics>,
+    /// Set before the stop when a new process took the listeners over (`--upgrade`): the
+    /// unix socket files are its now, so they are left in place.
+    pub handed_over: Arc<AtomicBool>,
 }
 
 impl Service {
@@ -179,20 +184,68 @@ pub async fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// A bound unix listener and the socket file it owns: the file is removed when this is
-/// dropped (shutdown, or a failed start), unless another process has replaced it since.
+/// dropped (shutdown, or a failed start), unless another process has replaced it since or
+/// it was handed over ([`UnixSocket::leave_file`]).
 pub struct UnixSocket {
     listener: UnixListener,
     file: SocketFile,
+}
+
+impl UnixSocket {
+    /// A listener handed over by the process that bound it (`--upgrade`). The path must be
+    /// where the listener is bound. Until this process serves it, the file is still the old
+    /// process's: dropped before (a failed upgrade), it stays. [`serve_unix`] takes it on
+    /// when it stops serving, [`Self::claim_file`] before.
+    pub fn inherited(listener: std::os::unix::net::UnixListener, path: &Path) -> io::Result<Self> {
+        let bound = listener.local_addr()?;
+        if bound.as_pathname() != Some(path) {
+            return Err(io::Error::other(format!(
+                "the socket handed over is bound to {bound:?}, not {}",
+                path.display()
+            )));
+        }
+        listener.set_nonblocking(true)?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(UnixSocket {
+            listener: UnixListener::from_std(listener)?,
+            file: SocketFile {
+                path: path.to_path_buf(),
+                id: (meta.dev(), meta.ino()),
+                remove: false,
+            },
+        })
+    }
+
+    /// The file is this process's from now on: removed when this is dropped.
+    pub fn claim_file(&mut self) {
+        self.file.remove = true;
+    }
+
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Closes the listener and leaves its file in place, for the process that took it over.
+    pub fn leave_file(self) {
+        let UnixSocket { listener, mut file } = self;
+        drop(listener);
+        file.remove = false;
+    }
 }
 
 struct SocketFile {
     path: PathBuf,
     /// Device and inode of the socket we bound, to recognise it at removal.
     id: (u64, u64),
+    /// False once another process serves the file (`--upgrade`).
+    remove: bool,
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        if !self.remove {
+            return;
+        }
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
                 if let Err(e) = std::fs::remove_file(&self.path) {
@@ -228,6 +281,18 @@ pub enum UnixBindError {
 /// The socket is created with no permission for anybody but its owner (as dockerd does) and
 /// only then given its group and mode, so nobody else can connect in between.
 pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixSocket, UnixBindError> {
+    let socket = bind_socket_file(path, mode, gid)?;
+    info!("Listening on unix://{}", path.display());
+    Ok(socket)
+}
+
+/// [`bind_unix`] without the log line, for a socket that is not a client listener
+/// (`--upgrade-socket`).
+pub fn bind_socket_file(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<UnixSocket, UnixBindError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             match std::os::unix::net::UnixStream::connect(path) {
@@ -258,12 +323,12 @@ pub fn bind_unix(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixSocket,
     let file = SocketFile {
         path: path.to_path_buf(),
         id: (meta.dev(), meta.ino()),
+        remove: true,
     };
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    info!("Listening on unix://{}", path.display());
     Ok(UnixSocket { listener, file })
 }
 
@@ -363,9 +428,9 @@ pub async fn serve_tcp(listener: TcpListener, clients: Clients, mut shutdown: Sh
 }
 
 /// [`serve_tcp`] for a unix listener, named `unix://PATH`. The socket file is removed when
-/// this returns.
+/// this returns, unless the listeners were handed over.
 pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: ShutdownWatch) {
-    let UnixSocket { listener, file } = socket;
+    let UnixSocket { listener, mut file } = socket;
     let name: Arc<str> = format!("unix://{}", file.path.display()).into();
     let admitted_here = clients
         .metrics
@@ -398,8 +463,10 @@ pub async fn serve_unix(socket: UnixSocket, clients: Clients, mut shutdown: Shut
         }
     }
     // Stop accepting first, then remove the path: a client arriving now gets ENOENT (or
-    // ECONNREFUSED), never a connection nobody serves.
+    // ECONNREFUSED), never a connection nobody serves. Handed over, the file is the new
+    // process's, which accepts on the same socket: it stays.
     drop(listener);
+    file.remove = !clients.handed_over.load(Ordering::Acquire);
     drop(file);
 }
 

@@ -108,12 +108,28 @@ impl Proxy {
         Self::launch(command, args, &[])
     }
 
+    /// Starts `leader-proxy ARGS…` without listener flags of its own: `args`, or the
+    /// `--config` file they name, give `--listen` (one TCP address at least) and `--admin`:
+    /// a file whose `listen` SIGHUP may change, or an upgrade (`--upgrade`) that takes the
+    /// addresses of a running proxy over. Waits for both like [`Self::start`].
+    pub fn start_with_listeners_in(args: &[&str]) -> Proxy {
+        let mut command = Command::new(crate::bins::leader_proxy());
+        command.args(["--log-level", "info,access=debug"]);
+        Self::spawn(command, args, &[])
+    }
+
     /// Runs `command` (the proxy, or a wrapper that execs it) with the test's listeners,
     /// log level and `args`.
     fn launch(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut child = command
+        command
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--log-level", "info,access=debug"])
+            .args(["--log-level", "info,access=debug"]);
+        Self::spawn(command, args, env)
+    }
+
+    /// Runs `command` with `args` and waits for its TCP and admin listeners.
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -191,6 +207,39 @@ impl Proxy {
     /// Sends SIGTERM and waits for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         terminate(&mut self.child, timeout)
+    }
+
+    /// Waits for the proxy to exit on its own (after an upgrade handed its listeners over);
+    /// panics with its log after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leader-proxy still runs after {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP and waits until the reload it causes is logged: a `SIGHUP: reloaded`
+    /// or `SIGHUP: refused` line beyond those logged before. Returns that line.
+    pub fn sighup(&self, timeout: Duration) -> String {
+        let ends = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("SIGHUP: reloaded") || l.contains("SIGHUP: refused"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let before = ends(&self.log()).len();
+        signal(self.pid(), "HUP");
+        let log =
+            self.wait_for_log_where("a SIGHUP reload", timeout, |log| ends(log).len() > before);
+        ends(&log).swap_remove(before)
     }
 
     /// The value of a metric line (`name{labels} value`) from `/metrics`, summed over

@@ -280,6 +280,31 @@ pub struct Cli {
     )]
     pub shutdown_grace: Option<String>,
 
+    /// Unix socket where this process hands its listening sockets to a new one started
+    /// with --upgrade (owner-only permissions). [default: none, no upgrades]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "LEADER_PROXY_UPGRADE_SOCKET",
+        help_heading = "Proxying"
+    )]
+    pub upgrade_socket: Option<String>,
+
+    /// Take every listening socket from the process running on --upgrade-socket instead of
+    /// binding them; it stops accepting and finishes what is open. Fails (exit 1) when no
+    /// process answers there.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        env = "LEADER_PROXY_UPGRADE",
+        help_heading = "Proxying"
+    )]
+    pub upgrade: Option<bool>,
+
     /// Certificate for TLS to clients (TLS is on with --tlscert and --tlskey).
     #[arg(
         long,
