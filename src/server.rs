@@ -195,8 +195,13 @@ pub async fn run(start: Start, hooks: Hooks) -> anyhow::Result<()> {
     reload.add(Part::new("access policies", {
         let policies = policies.clone();
         move |s| {
-            policies.reload(s).map_err(|e| e.to_string())?;
-            info!("SIGHUP: access policies reloaded");
+            if policies.reload(s).map_err(|e| e.to_string())? {
+                info!("SIGHUP: access policies reloaded");
+            } else {
+                warn!(
+                    "SIGHUP: access policies kept: the listeners changed (a restart applies both)"
+                );
+            }
             Ok(())
         }
     }));

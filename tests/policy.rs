@@ -446,7 +446,7 @@ fn listener_tables_and_sighup_reload() {
 
     write("allow = \"nosuchsection\"");
     testkit::proxy::signal(proxy.pid(), "HUP");
-    proxy.wait_for_log("the log level and policies stay", WAIT);
+    proxy.wait_for_log("SIGHUP: refused, the settings do not load", WAIT);
     assert_eq!(post_on_socket().status, 403, "the old policy is kept");
 
     write("deny = \"privileged\"");

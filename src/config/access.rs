@@ -258,23 +258,16 @@ impl Policies {
     }
 
     /// SIGHUP: every listener's policy from `settings` (read again), all or none: on an
-    /// error the policies in force stay. The listeners themselves are not rebound, so
-    /// settings naming other listeners are refused.
-    pub fn reload(&self, settings: &Settings) -> Result<(), ConfigError> {
+    /// error the policies in force stay. The listeners themselves are not rebound: when
+    /// `settings` name other listeners (a change that needs a restart, logged as such by
+    /// `reload`), which policy belongs to which running listener is unknown, so the
+    /// policies in force stay too (`Ok(false)`); `Ok(true)` when they were replaced.
+    pub fn reload(&self, settings: &Settings) -> Result<bool, ConfigError> {
         if settings.listen != self.listen {
-            return Err(invalid(
-                "listen",
-                &settings
-                    .listen
-                    .iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                "the listeners changed: SIGHUP reloads policies, not listeners (restart)",
-            ));
+            return Ok(false);
         }
         self.set.replace(build_all(settings)?);
-        Ok(())
+        Ok(true)
     }
 }
 

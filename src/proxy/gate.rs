@@ -45,7 +45,7 @@ pub async fn apply<C: AsyncRead + AsyncWrite + Unpin>(
             metrics.policy_denials.with_label_values(&[deny.rule]).inc();
             metrics
                 .requests
-                .with_label_values(&[&deny.status.to_string()])
+                .with_label_values(&[&deny.status.to_string(), client.listener_label()])
                 .inc();
             if request.starts_with("HEAD ") {
                 // A HEAD answer has no body (`docker cp` asks with HEAD first).
