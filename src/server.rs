@@ -2,7 +2,7 @@
 //! the leader source feeding the router, the client listeners (`--mode http`: the front,
 //! with client TLS on TCP listeners when configured; `--mode tcp`: the L4 relay), the admin
 //! listener. SIGHUP reloads the certificates (client and upstream) and whatever the binary
-//! hooks in (the log level), nothing else.
+//! hooks in (the log level, the access policies of [`Start::policies`]), nothing else.
 
 use std::sync::Arc;
 
