@@ -143,6 +143,12 @@ async fn run<C: AsyncRead + AsyncWrite + Unpin>(
         call.body_bytes = Some(body);
     }
     policy.check(&mut call, inspect).await.map_err(denied)?;
+    if !wants_body && call.target() == parsed.target {
+        // Already in the form the checks saw: the head goes on as it came, unrebuilt (the
+        // common case, and the cheap one: docs/policy.md).
+        bytes.unsplit(rest);
+        return Ok(Some(bytes));
+    }
     Ok(Some(rebuild(&call, parsed.minor, wants_body, rest)))
 }
 
