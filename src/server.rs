@@ -2,8 +2,8 @@
 //! the leader source feeding the router, the client listeners (`--mode http`: the front,
 //! with client TLS on TCP listeners when configured; `--mode tcp`: the L4 relay), the admin
 //! listener, the upgrade socket. SIGHUP reloads what [`crate::reload`] lists (the parts are
-//! added here, the log level by the binary); `--upgrade` takes the listening sockets over
-//! from a running process ([`crate::upgrade`]).
+//! added here, the access policies among them, the log level by the binary); `--upgrade`
+//! takes the listening sockets over from a running process ([`crate::upgrade`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -308,7 +308,8 @@ fn dockerd_sections_read_only_and_normalised_paths() {
 }
 
 /// What reaches the manager is the normalised path the policy checked: the simulated
-/// manager answers `POST /echo` (after the version) and nothing else by that name.
+/// manager answers `POST /echo` (after the version) and nothing else by that name. Bodies
+/// no rule reads are not capped; a create body over 1 MiB is `413`.
 #[test]
 fn the_normalised_path_is_what_is_forwarded() {
     let (_etcd, _dir, _manager, proxy) = proxy_with_leader(&["--deny", "privileged"]);
@@ -325,6 +326,26 @@ fn the_normalised_path_is_what_is_forwarded() {
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         assert_eq!(r.json()["bytes"], 12, "{path}: {}", r.text());
     }
+    // Bodies no rule reads stream through whatever their size; a checked one is capped.
+    let big = vec![b'x'; 3 << 20];
+    let r = testkit::http::request(proxy.addr(), "POST", "/v1.41/echo", &[], &big, WAIT)
+        .expect("a large upload");
+    assert_eq!((r.status, r.json()["bytes"].as_u64()), (200, Some(3 << 20)));
+    let r = testkit::http::request(
+        proxy.addr(),
+        "POST",
+        "/v1.41/containers/create",
+        &[("Content-Type", "application/json")],
+        &big,
+        WAIT,
+    )
+    .expect("a large create");
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("larger than 1048576 bytes"),
+        "{}",
+        r.text()
+    );
 }
 
 /// Requests the hijack relay would carry (`Upgrade: tcp`: exec start, attach) are checked

@@ -19,7 +19,9 @@ pub struct Call {
     pub version: Option<String>,
     /// The raw query string, without `?` (empty if none).
     pub query: String,
-    /// The request headers, names as sent.
+    /// The request headers, names as sent. Checks read them; what they rewrite is the
+    /// path, the query and the body (a head whose target did not change and whose body
+    /// was not read goes on as it came).
     pub headers: Vec<(String, String)>,
     /// The parsed JSON body, for the calls a check asked the body of ([`super::Check::wants_body`]).
     pub body: Option<serde_json::Value>,

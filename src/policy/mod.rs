@@ -99,11 +99,6 @@ impl Policy {
         Ok(Self { checks })
     }
 
-    /// A policy of the given checks (tests, and checks built elsewhere).
-    pub fn of(checks: Vec<Box<dyn Check>>) -> Self {
-        Self { checks }
-    }
-
     /// No check at all: requests pass untouched, unparsed.
     pub fn is_empty(&self) -> bool {
         self.checks.is_empty()

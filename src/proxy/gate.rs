@@ -9,6 +9,8 @@
 //! Only the head and a checked body are buffered: any other body stays in the stream and
 //! is relayed as it comes, as without a policy.
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
@@ -53,9 +55,34 @@ pub async fn apply<C: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 write_docker_error(stream, deny.status, &deny.message).await;
             }
+            linger(stream).await;
             Gated::Answered
         }
     }
+}
+
+/// How long, and how many bytes, a denied client's unread request is read and dropped
+/// after the answer, so that closing does not reset the connection under the answer.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
+
+/// After a denial: ends the answer (FIN), then reads what the client still sends (a body
+/// refused unread, `413`) until it closes, [`LINGER`] passes or [`LINGER_BYTES`] came. A
+/// socket closed with unread bytes is reset, and a reset can reach the client before it
+/// read the answer (nginx's lingering close does the same).
+async fn linger<C: AsyncRead + AsyncWrite + Unpin>(stream: &mut C) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// A denial of a `HEAD` request: the status alone, then the connection closes.
@@ -116,6 +143,12 @@ async fn run<C: AsyncRead + AsyncWrite + Unpin>(
         call.body_bytes = Some(body);
     }
     policy.check(&mut call, inspect).await.map_err(denied)?;
+    if !wants_body && call.target() == parsed.target {
+        // Already in the form the checks saw: the head goes on as it came, unrebuilt (the
+        // common case, and the cheap one: docs/policy.md).
+        bytes.unsplit(rest);
+        return Ok(Some(bytes));
+    }
     Ok(Some(rebuild(&call, parsed.minor, wants_body, rest)))
 }
 
