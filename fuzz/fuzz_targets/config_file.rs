@@ -3,8 +3,8 @@
 //!
 //! Properties of an accepted file:
 //! - every key it gives, laid on the command line as its flag (`--KEY=VALUE`, one per
-//!   list item, DISCOVERY after `--`), is accepted by clap and sets exactly what the file
-//!   set: the contract that makes a flag one field (docs/cli.md). The `[[listener]]`
+//!   item of a repeatable flag's list, a comma list for the others, DISCOVERY after `--`),
+//!   is accepted by clap and sets exactly what the file set: the contract that makes a flag one field (docs/cli.md). The `[[listener]]`
 //!   tables ([`FILE_ONLY`]) have no flag: they are left out on both sides;
 //! - each single-valued key given as its `LEADER_PROXY_*` variable (the environment layer)
 //!   sets the same as its flag, but for blank values, which count as unset there;
@@ -22,6 +22,23 @@ use libfuzzer_sys::fuzz_target;
 
 /// Keys only the file has (a listener's own policy is a table, docs/cli.md).
 const FILE_ONLY: &[&str] = &["listener"];
+
+/// Whether `--key` may be given more than once (a list flag such as `--listen`).
+fn repeatable(key: &str) -> bool {
+    cli::command()
+        .get_arguments()
+        .any(|a| a.get_long() == Some(key) && matches!(a.get_action(), ArgAction::Append))
+}
+
+/// A file value as a flag or variable gives it: a string as it is, an array (of a flag that
+/// takes a comma list, such as `allow`) joined with commas, anything else as TOML writes it.
+fn flag_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(flag_text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
 
 /// The command line that gives what `table` gives; `cli` is what the file parsed into.
 fn as_flags(table: &toml::Table, parsed: &Cli) -> Vec<String> {
@@ -45,16 +62,15 @@ fn as_flags(table: &toml::Table, parsed: &Cli) -> Vec<String> {
             );
             continue;
         }
-        let items = match value {
-            toml::Value::Array(items) => items.iter().collect(),
-            one => vec![one],
-        };
-        for item in items {
-            let text = match item {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            argv.push(format!("--{key}={text}"));
+        match value {
+            toml::Value::Array(items) if repeatable(key) => {
+                argv.extend(
+                    items
+                        .iter()
+                        .map(|item| format!("--{key}={}", flag_text(item))),
+                );
+            }
+            one => argv.push(format!("--{key}={}", flag_text(one))),
         }
     }
     if let Some(discovery) = discovery {
@@ -90,21 +106,14 @@ fuzz_target!(|input: &[u8]| {
 
     // The environment: the single-valued keys (a list's variable is split at commas), as
     // text; a blank variable counts as unset, so it is left out.
-    let command = cli::command();
     let mut vars = HashMap::new();
     let mut single = toml::Table::new();
     for (key, value) in &table {
         if FILE_ONLY.contains(&key.as_str()) {
             continue;
         }
-        let repeatable = command.get_arguments().any(|a| {
-            a.get_long() == Some(key.as_str()) && matches!(a.get_action(), ArgAction::Append)
-        });
-        let text = match value {
-            toml::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        if repeatable || text.trim().is_empty() {
+        let value_text = flag_text(value);
+        if repeatable(key) || value_text.trim().is_empty() {
             continue;
         }
         let var = if key == "discovery" {
@@ -112,7 +121,7 @@ fuzz_target!(|input: &[u8]| {
         } else {
             env::env_name(key)
         };
-        vars.insert(var, text);
+        vars.insert(var, value_text);
         single.insert(key.clone(), value.clone());
     }
     let from_env = env::layer(&vars)
