@@ -192,6 +192,15 @@ fn retry_rules_on_the_fault_endpoints() {
         "{truncated:?}"
     );
     assert_eq!(hits("get-started"), 1);
+    // The access log tells the cut: the status the client got, and the error after it
+    // (tests/swarm_mode.rs relies on this line to tell a cut answer from a failure).
+    let needle = "path=/fault/drop-after-first-byte";
+    let log = proxy.wait_for_log_where(needle, Duration::from_secs(10), |log| log.contains(needle));
+    let cut = log.lines().find(|l| l.contains(needle)).unwrap_or_default();
+    assert!(
+        cut.contains("status=200 ") && !cut.ends_with("error=-"),
+        "{cut}"
+    );
     assert_eq!(
         proxy.metric("leader_proxy_retries_total{reason=\"idempotent\"}"),
         1.0

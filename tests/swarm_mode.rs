@@ -200,12 +200,38 @@ fn client(proxy: std::net::SocketAddr, stop: Arc<AtomicBool>, answers: Arc<Mutex
     }
 }
 
+/// The client saw the head of an answer and lost its body: the proxy had started to relay it.
+fn cut_answer(answer: &Answer) -> bool {
+    answer.status == 0 && ["bad chunked body", "truncated body"].contains(&answer.error.as_str())
+}
+
+/// The proxy's access-log lines for answers to `path` from manager `killed` that started
+/// (status 200) and then failed.
+fn cut_lines(log: &str, path: &str, killed: usize) -> usize {
+    let upstream = format!("upstream={}", api(killed));
+    log.lines()
+        .filter(|l| l.contains(&format!("path={path} status=200 ")))
+        .filter(|l| l.contains(&upstream) && !l.ends_with("error=-"))
+        .count()
+}
+
+/// The proxy's log without the access lines of requests that went well (a CI log keeps
+/// only so much).
+fn error_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| !(l.contains(" access: ") && l.ends_with("error=-")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One kill: who was killed, who took over, and when things happened.
 #[derive(Debug)]
 struct Round {
     killed: usize,
     leader: usize,
     killed_at: Instant,
+    /// When the SIGKILLed dockerd had exited (its sockets closed).
+    kill_done: Instant,
     /// When a surviving manager first named the new leader (asked directly: a follower
     /// answers `GET /nodes` the moment the election ends).
     elected_at: Instant,
@@ -247,8 +273,10 @@ fn election_end(swarm: &Swarm, killed: usize, deadline: Instant) -> Option<(usiz
 /// The failover test (docs/testing.md#failover-tests) on a real swarm: three dockerd
 /// managers, a client asking through the proxy every 20 ms, the leader's dockerd SIGKILLed
 /// and restarted, twice (restarted and back as a reachable manager before the next kill, or
-/// the quorum is lost). No request fails, and every request sent once the proxy names the
-/// new leader is served by it.
+/// the quorum is lost). No request fails, but for an answer the killed dockerd was sending at
+/// the kill (a `GET /nodes` is chunked, written in several pieces: the proxy has relayed the
+/// head and cannot take it back, docs/failover.md#what-clients-see), and every request sent
+/// once the proxy names the new leader is served by it.
 #[test]
 fn real_swarm_leader_killed_twice() {
     let started = Instant::now();
@@ -278,6 +306,7 @@ fn real_swarm_leader_killed_twice() {
         assert_eq!(killed, leader, "round {round}: the leader moved by itself");
         let killed_at = Instant::now();
         swarm.kill(killed);
+        let kill_done = Instant::now();
         let deadline = killed_at + Duration::from_secs(60);
         let (elected, elected_at) = election_end(&swarm, killed, deadline).unwrap_or_else(|| {
             panic!("round {round}: no new leader within 60 s\n{}", swarm.logs())
@@ -299,6 +328,7 @@ fn real_swarm_leader_killed_twice() {
             killed,
             leader: elected,
             killed_at,
+            kill_done,
             elected_at,
             known_at,
         });
@@ -318,15 +348,30 @@ fn real_swarm_leader_killed_twice() {
         "too little traffic: {} requests",
         answers.len()
     );
-    for answer in &answers {
-        assert_eq!(
-            answer.status,
-            200,
-            "a request failed ({}): {answer:?}\nproxy log:\n{}",
+    // docs/failover.md#what-clients-see: an answer the killed leader had started to send
+    // is cut, nothing can resend it. That is the one failure allowed, and only for an
+    // answer in flight at a kill whose cut the proxy logged against the killed manager.
+    let proxy_log = proxy.log();
+    let mut cut = 0;
+    for answer in answers.iter().filter(|a| a.status != 200) {
+        let at_a_kill = rounds.iter().find(|r| {
+            answer.sent <= r.kill_done && answer.received >= r.killed_at && cut_answer(answer)
+        });
+        let logged = at_a_kill.map_or(0, |r| cut_lines(&proxy_log, answer.path, r.killed));
+        assert!(
+            logged > 0,
+            "a request failed ({}): {answer:?}\nrounds: {rounds:?}\nproxy log, the lines with an \
+             error:\n{}",
             answer.error,
-            proxy.log()
+            error_lines(&proxy_log)
         );
+        cut += 1;
     }
+    assert!(
+        cut <= rounds.len(),
+        "{cut} answers cut by {} kills",
+        rounds.len()
+    );
     // Who must have served each GET /info: the leader the proxy named last when it was sent,
     // unless the answer came after the next kill (it may then have been sent again, to the
     // next leader).
@@ -386,7 +431,7 @@ fn real_swarm_leader_killed_twice() {
         switches.push(switch.as_millis());
     }
     println!(
-        "swarm: {} requests, none failed; switch times {switches:?} ms",
+        "swarm: {} requests, none failed but {cut} cut by a kill; switch times {switches:?} ms",
         answers.len()
     );
 
