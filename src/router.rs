@@ -404,7 +404,7 @@ impl Router {
 /// Resolves a leader's host once, when it is adopted, within [`RESOLVE_TIMEOUT`]. A name
 /// that does not resolve cannot be dialled, so it is treated like any other unusable value:
 /// the last leader stays.
-async fn resolve(name: &LeaderAddr) -> Result<Vec<SocketAddr>, String> {
+pub async fn resolve(name: &LeaderAddr) -> Result<Vec<SocketAddr>, String> {
     let lookup = tokio::net::lookup_host((name.host(), name.port()));
     let addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await

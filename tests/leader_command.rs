@@ -58,6 +58,33 @@ fn zookeeper_exit_codes() {
     exit_codes(ZkKey::start());
 }
 
+/// `--allow-leader` applies as in the proxy: a leader outside the list is no leader (the
+/// proxy would not route to it), one inside is printed.
+#[test]
+fn a_leader_outside_allow_leader_is_refused() {
+    let mut store = EtcdV2::start();
+    store.elect(LEADER);
+    let with = |allow: &str| {
+        let mut args = vec!["leader".to_string(), "--allow-leader".into(), allow.into()];
+        args.extend(store.proxy_args());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        leader_proxy(&refs, &[])
+    };
+    let r = with("10.0.0.0/8,m1:2375");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert!(
+        r.stderr.contains(LEADER) && r.stderr.contains("--allow-leader (10.0.0.0/8,m1:2375)"),
+        "{r:?}"
+    );
+    let r = with("127.0.0.0/8");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(0), "127.0.0.1:2375\n"),
+        "{r:?}"
+    );
+}
+
 /// The same layers as the proxy: `--leader-key` from the `--config` file, or DISCOVERY and
 /// the key from the environment.
 #[test]

@@ -1,5 +1,7 @@
 //! `leader-proxy leader DISCOVERY`: the current leader, read once with the proxy's own
-//! leader source (the same flags, variables and `--config` file), printed on stdout.
+//! leader source (the same flags, variables and `--config` file), printed on stdout. A
+//! leader outside `--allow-leader` is refused as the proxy's router refuses it, so the
+//! command names the manager the proxy would route to.
 //! Exit status 0 with a leader, 1 without, 3 when the store cannot be reached within
 //! `--connect-timeout` plus the store's reply timeout, 2 on bad input.
 
@@ -11,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::exit;
 use crate::config;
-use crate::discovery::{LeaderAddr, LeaderEvent, LeaderSource, REPLY_TIMEOUT};
+use crate::discovery::{AllowList, LeaderAddr, LeaderEvent, LeaderSource, REPLY_TIMEOUT};
+use crate::router;
 use crate::server;
 
 /// What one read of the election found.
@@ -46,6 +49,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Err(e) => e.exit(),
     };
     let within = settings.connect_timeout + REPLY_TIMEOUT;
+    let allow = settings.allow_leader.clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -58,7 +62,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match server::build(settings) {
-            Ok(start) => Ok(read(start.into_source(), within).await),
+            Ok(start) => Ok(admit(read(start.into_source(), within).await, &allow).await),
             Err(e) => Err(e),
         }
     });
@@ -75,14 +79,40 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Outcome::Leader(addr) => println!("{addr}"),
         Outcome::NoLeader => eprintln!("leader-proxy leader: no leader: the election is open"),
         Outcome::Refused { value, reason } => eprintln!(
-            "leader-proxy leader: no leader: the store holds {value:?}, which is not a \
-             leader address ({reason})"
+            "leader-proxy leader: no leader: the store holds {value:?}, which the proxy \
+             refuses ({reason})"
         ),
         Outcome::Unreachable(reason) => {
             eprintln!("leader-proxy leader: the store cannot be reached: {reason}")
         }
     }
     ExitCode::from(outcome.exit_code())
+}
+
+/// The router's `--allow-leader` check ([`router::Router`]): a leader outside the list, or a
+/// name that does not resolve when there is a list to check it against, is refused.
+async fn admit(outcome: Outcome, allow: &AllowList) -> Outcome {
+    let Outcome::Leader(addr) = outcome else {
+        return outcome;
+    };
+    if allow.is_empty() {
+        return Outcome::Leader(addr);
+    }
+    let refused = |reason: String| Outcome::Refused {
+        value: addr.to_string(),
+        reason,
+    };
+    match router::resolve(&addr).await {
+        Ok(addresses) => {
+            let ips: Vec<_> = addresses.iter().map(|a| a.ip()).collect();
+            if allow.allows(&addr, &ips) {
+                Outcome::Leader(addr)
+            } else {
+                refused(format!("not allowed by --allow-leader ({allow})"))
+            }
+        }
+        Err(reason) => refused(reason),
+    }
 }
 
 /// Follows `source` until its first answer about the leader, for at most `within`.
