@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use testkit::dockerd::{docker, run, Output, DOCKER};
 use testkit::http;
 use testkit::manager_conformance::{is_leader, served_by, start_proxy, ManagerHarness};
 use testkit::manual_managers::SwarmManagers;
@@ -445,5 +446,122 @@ fn real_swarm_leader_killed_twice() {
         left.is_empty(),
         "the swarm left behind:\n{}",
         left.join("\n")
+    );
+}
+
+/// `--owner-label` in swarm mode (docs/policy.md, "Ownership"): two CI jobs, each behind its
+/// own proxy with its own label, create a service each on a real swarm. Each sees only its
+/// own services and tasks (`docker service ls`, `docker service ps`, `GET /tasks`), another
+/// job's task looks like a missing one in dockerd's own words, and `docker system df` (every
+/// owner's containers and volumes) is refused. The tasks never run (no image on the
+/// managers): they exist, which is what ownership is about.
+#[test]
+fn real_swarm_owner_labels_keep_services_and_tasks_apart() {
+    let swarm = Swarm::start();
+    let leader = swarm.wait_for_leader(WAIT);
+    let jobs: Vec<(Proxy, tempfile::TempDir)> = ["ci=a", "ci=b"]
+        .into_iter()
+        .map(|label| {
+            let proxy = Proxy::start(&[&swarm.url(), "--owner-label", label]);
+            proxy.wait_for_leader(WAIT, is_leader(api(leader)));
+            (proxy, tempfile::tempdir().expect("temp dir"))
+        })
+        .collect();
+    let cli = |job: usize, args: &[&str]| -> Output {
+        let (proxy, config) = &jobs[job];
+        let host = format!("tcp://{}", proxy.addr());
+        run(
+            docker(DOCKER.path(), &host, config.path()).args(args),
+            None,
+            WAIT,
+        )
+    };
+    let direct = |path: &str| {
+        http::get(swarm.api(leader), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    for (job, name) in [(0, "svc-a"), (1, "svc-b")] {
+        let out = cli(
+            job,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--no-resolve-image",
+                "--name",
+                name,
+                "bb:local",
+                "sleep",
+                "600",
+            ],
+        );
+        assert!(out.ok(), "{out}\nproxy log:\n{}", jobs[job].0.log());
+    }
+    let id = |name: &str| {
+        let service = direct(&format!("/v1.41/services/{name}")).json();
+        service["ID"].as_str().unwrap_or_default().to_string()
+    };
+    let (a, b) = (id("svc-a"), id("svc-b"));
+    // Both services have a task (the orchestrator makes them within a second or so).
+    let deadline = Instant::now() + WAIT;
+    let b_task = loop {
+        let tasks = direct("/v1.41/tasks").json();
+        let of = |service: &str| {
+            tasks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["ServiceID"] == service)
+                .map(|t| t["ID"].as_str().unwrap_or_default().to_string())
+        };
+        if let (Some(_), Some(b_task)) = (of(&a), of(&b)) {
+            break b_task;
+        }
+        assert!(Instant::now() < deadline, "no tasks: {tasks}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let listed = cli(0, &["service", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(listed.stdout_text().trim(), "svc-a", "{listed}");
+    let ps = cli(0, &["service", "ps", "--format", "{{.Name}}", "svc-a"]);
+    assert!(ps.ok() && ps.stdout_text().contains("svc-a.1"), "{ps}");
+    let ps = cli(0, &["service", "ps", "svc-b"]);
+    assert!(!ps.ok(), "another job's service was listed: {ps}");
+    assert!(ps.stderr_text().contains("no such service: svc-b"), "{ps}");
+    let tasks = http::get(jobs[0].0.addr(), "/v1.41/tasks").expect("GET /tasks");
+    let services: Vec<String> = tasks
+        .json()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["ServiceID"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !services.is_empty() && services.iter().all(|s| *s == a),
+        "GET /tasks through job a: {services:?} (a is {a})"
+    );
+
+    // Another's task answers what dockerd answers for a task that does not exist.
+    let missing = direct("/v1.41/tasks/nosuchtask");
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    let wording = missing.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("nosuchtask", &b_task);
+    for path in [
+        format!("/v1.41/tasks/{b_task}"),
+        format!("/v1.41/tasks/{b_task}/logs?stdout=1"),
+    ] {
+        let answer = http::get(jobs[0].0.addr(), &path).expect("GET");
+        assert_eq!(answer.status, 404, "{path}: {}", answer.text());
+        assert_eq!(answer.json()["message"], wording.as_str(), "{path}");
+    }
+    let own = http::get(jobs[1].0.addr(), &format!("/v1.41/tasks/{b_task}")).expect("GET");
+    assert_eq!(own.status, 200, "{}", own.text());
+
+    let df = cli(0, &["system", "df"]);
+    assert!(!df.ok(), "system df was served: {df}");
+    assert!(
+        df.stderr_text().contains("every owner's containers"),
+        "{df}"
     );
 }

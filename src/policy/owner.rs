@@ -4,14 +4,18 @@
 //!
 //! - Containers, volumes, networks and services created get the label in their create body
 //!   (a service's task containers too, through its `ContainerSpec`).
-//! - Lists, prunes and `/events` get the label filter merged into the client's `filters`.
+//! - Lists, prunes and `/events` get the label filter merged into the client's `filters`
+//!   (`GET /tasks` too: dockerd matches a task's `label` filter against its service's
+//!   labels).
 //! - Any other call on a container, volume, network, service or exec instance asks the
 //!   current leader about the object ([`Inspect`], by name or id prefix, as dockerd resolves
 //!   them) and answers dockerd's own `404` wording when it does not carry the label, so an
 //!   object of another owner looks exactly like one that does not exist. Exec ids are
 //!   resolved to their container; containers a create body refers to (`VolumesFrom`,
 //!   `Links`, `container:<id>` namespaces) and the container of a network
-//!   connect/disconnect must be owned too.
+//!   connect/disconnect must be owned too. A task is owned when its service is.
+//! - `GET /system/df` is refused (`403`): it lists every owner's containers and volumes, and
+//!   has no filter to narrow it.
 //! - Images are shared: pulling, building and running them works; removing them
 //!   (`DELETE /images/…`, `images/prune`, `build/prune`) is refused (`403`), since one
 //!   owner's removal would break another's.
@@ -133,8 +137,12 @@ enum Action {
     /// The object must carry the label, and so must the container in the body
     /// (`POST /networks/{id}/connect`, `…/disconnect`).
     NetworkContainer(String),
+    /// The task's service must carry the label.
+    Task(String),
     /// Removing shared images.
     ImageRemoval,
+    /// `GET /system/df`: every owner's objects, unfiltered.
+    DiskUsage,
     Pass,
 }
 
@@ -151,11 +159,13 @@ fn action(call: &Call) -> Action {
         | ("GET", ["volumes"])
         | ("GET", ["networks"])
         | ("GET", ["services"])
+        | ("GET", ["tasks"])
         | ("GET", ["events"])
         | ("POST", ["containers" | "volumes" | "networks", "prune"]) => Action::Filter,
         ("DELETE", ["images", ..]) | ("POST", ["images" | "build", "prune"]) => {
             Action::ImageRemoval
         }
+        (_, ["system", "df"]) => Action::DiskUsage,
         ("POST", ["networks", id, "connect" | "disconnect"]) => {
             Action::NetworkContainer(id.to_string())
         }
@@ -164,6 +174,7 @@ fn action(call: &Call) -> Action {
         (_, ["networks", id, ..]) => object(Kind::Network, id),
         (_, ["services", id, ..]) => object(Kind::Service, id),
         (_, ["exec", id, ..]) => Action::Exec(id.to_string()),
+        (_, ["tasks", id, ..]) => Action::Task(id.to_string()),
         // `docker commit`: the container is in the query.
         ("POST", ["commit"]) => call
             .query_pairs()
@@ -207,6 +218,25 @@ impl Ownership {
         self.owned(Kind::Container, container, inspect)
             .await
             .map_err(|_| not_found())
+    }
+
+    /// A task (`GET /tasks/{id}`, `…/logs`) is its service's: another owner's task is as
+    /// unknown as a missing one, in dockerd's words for a task.
+    async fn task_owned(&self, id: &str, inspect: &dyn Inspect) -> Result<(), Deny> {
+        let path = format!("/tasks/{}", path::encode_query(id));
+        let not_found = || Deny::new(404, RULE, format!("task {id} not found"));
+        let task = inspect
+            .get_json(&path)
+            .await
+            .map_err(leader_unreachable)?
+            .ok_or_else(not_found)?;
+        let service = task["ServiceID"].as_str().ok_or_else(not_found)?;
+        self.owned(Kind::Service, service, inspect)
+            .await
+            .map_err(|deny| match deny.status {
+                404 => not_found(),
+                _ => deny,
+            })
     }
 
     /// Stamps the label into a create body, after checking the containers a container's
@@ -275,6 +305,7 @@ impl Check for Ownership {
             Action::Filter => self.filter(call),
             Action::Object(kind, id) => self.owned(kind, &id, inspect).await,
             Action::Exec(id) => self.exec_owned(&id, inspect).await,
+            Action::Task(id) => self.task_owned(&id, inspect).await,
             Action::NetworkContainer(network) => {
                 self.owned(Kind::Network, &network, inspect).await?;
                 let container = call
@@ -290,6 +321,11 @@ impl Check for Ownership {
             Action::ImageRemoval => Err(Deny::forbidden(
                 RULE,
                 "removing images is refused: images are shared by every owner (--owner-label)",
+            )),
+            Action::DiskUsage => Err(Deny::forbidden(
+                RULE,
+                "disk usage is refused: it lists every owner's containers and volumes \
+                 (--owner-label)",
             )),
             Action::Pass => Ok(()),
         }
@@ -396,6 +432,9 @@ mod tests {
             ("/volumes/vol", json!({"Labels": theirs})),
             ("/networks/net", json!({"Labels": mine})),
             ("/services/svc", json!({"Spec": {"Labels": theirs}})),
+            ("/services/s1", json!({"Spec": {"Labels": mine}})),
+            ("/tasks/t1", json!({"ServiceID": "s1"})),
+            ("/tasks/t2", json!({"ServiceID": "svc"})),
             ("/exec/e1/json", json!({"ContainerID": "abc123"})),
             ("/exec/e2/json", json!({"ContainerID": "theirs"})),
         ];
@@ -509,6 +548,15 @@ mod tests {
             .await
             .expect("pass");
         assert_eq!(filters(&events), json!({"label": ["x=1", "ci=job-1"]}));
+        // `docker service ps`: its service filter stays, ANDed with the owner's label.
+        let sent = path::encode_query(r#"{"service":{"svc":true}}"#);
+        let tasks = check("GET", &format!("/tasks?filters={sent}"), None)
+            .await
+            .expect("pass");
+        assert_eq!(
+            filters(&tasks),
+            json!({"service": {"svc": true}, "label": {"ci=job-1": true}})
+        );
         assert_eq!(
             denied(check("GET", "/volumes?filters=nojson", None).await).0,
             400
@@ -540,6 +588,9 @@ mod tests {
             ("DELETE", "/volumes/vol", "get vol: no such volume"),
             ("GET", "/services/svc", "service svc not found"),
             ("POST", "/exec/e2/start", "No such exec instance: e2"),
+            ("GET", "/tasks/t2", "task t2 not found"),
+            ("GET", "/v1.41/tasks/t2/logs?stdout=1", "task t2 not found"),
+            ("GET", "/tasks/gone", "task gone not found"),
             ("GET", "/exec/nope/json", "No such exec instance: nope"),
             (
                 "POST",
@@ -555,6 +606,7 @@ mod tests {
             );
         }
         assert!(check("POST", "/exec/e1/start", None).await.is_ok());
+        assert!(check("GET", "/tasks/t1/logs", None).await.is_ok());
         let connect = check(
             "POST",
             "/networks/net/disconnect",
@@ -597,6 +649,9 @@ mod tests {
             assert_eq!(status, 403, "{method} {target}");
             assert!(message.contains("images are shared"), "{message}");
         }
+        let (status, message) = denied(check("GET", "/v1.41/system/df", None).await);
+        assert_eq!(status, 403);
+        assert!(message.contains("every owner's containers"), "{message}");
         let objects = leader();
         for (method, target) in [
             ("POST", "/images/create?fromImage=bb"),
