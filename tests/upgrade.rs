@@ -2,8 +2,10 @@
 //! `--upgrade` takes every listening socket (TCP, unix, admin) from the running one over
 //! `--upgrade-socket`; a client loop sees no failed request across the hand-over, `/readyz`
 //! stays 200, and an open `docker logs -f` (real dockerd) goes on streaming from the old
-//! process until its container stops. Without a running process, or with other listeners,
-//! `--upgrade` exits 1 naming why, and the running process serves on.
+//! process until its container stops. A TLS listener (`--tlsverify`) is handed over the
+//! same way: the new process serves new TLS clients with its own certificates, a TLS
+//! connection opened before stays with the old one. Without a running process, or with
+//! other listeners, `--upgrade` exits 1 naming why, and the running process serves on.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,10 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use testkit::certs::Certs;
+use testkit::conformance::standalone;
 use testkit::dockerd::{docker, run, Dockerd, DOCKER};
 use testkit::etcd::Etcd;
 use testkit::http;
 use testkit::proxy::Proxy;
+use testkit::sim::read_log;
+use testkit::tls;
 
 const KEY: &str = "/p/docker/swarm/leader";
 const WAIT: Duration = Duration::from_secs(30);
@@ -406,4 +412,134 @@ fn dockerd_upgrade_drops_no_request_and_the_open_stream_ends_on_the_old_process(
         &failures[..failures.len().min(10)]
     );
     assert!(unix.exists());
+}
+
+/// A `--tlsverify` listener through an upgrade: a loop of TLS clients (a new connection and
+/// handshake per request, client certificate presented) sees no failure and new clients
+/// are served by the new process; a slow request running on the old process over TLS is
+/// answered by it; an idle keep-alive TLS connection of the old process is closed with
+/// `close_notify` (a clean end, docs/cli.md#upgrades), and the old process ends.
+#[test]
+fn tls_listener_upgrade_drops_no_handshake_and_finishes_what_runs_on_the_old_process() {
+    let certs = Certs::new("upgrade-ca");
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = standalone("m1", dir.path());
+    etcd.put_v2(KEY, &manager.advertise(), None);
+    let discovery = format!("etcd://{}/p", etcd.endpoint());
+    let socket = dir.path().join("upgrade.sock").display().to_string();
+    let (cert, key, ca) = (
+        certs.server_cert.display().to_string(),
+        certs.server_key.display().to_string(),
+        certs.ca.display().to_string(),
+    );
+    let tls_args = [
+        "--tlscert",
+        &cert,
+        "--tlskey",
+        &key,
+        "--tlscacert",
+        &ca,
+        "--tlsverify",
+    ];
+    let mut old_args = tls_args.to_vec();
+    old_args.extend([
+        "--upgrade-socket",
+        &socket,
+        "--shutdown-grace",
+        "5m",
+        &discovery,
+    ]);
+    let mut old = Proxy::start(&old_args);
+    old.wait_for_leader(WAIT, |l| l["state"] == "leader");
+    let addr = old.addr();
+    let identity = Some((certs.client_cert.as_path(), certs.client_key.as_path()));
+    let mut idle = tls::connect(addr, "127.0.0.1", &certs.ca, identity).unwrap();
+    let (status, _) = tls::get(&mut idle, "/_ping").unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    let mut slow = tls::connect(addr, "127.0.0.1", &certs.ca, identity).unwrap();
+    slow.write_all(
+        b"POST /v1.41/containers/create?sleep_ms=3000 HTTP/1.1\r\nHost: docker\r\n\
+          X-Request-Id: slow\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    // The manager has run the write (its write log says so) and answers 3 s later.
+    let deadline = Instant::now() + WAIT;
+    let writes = dir.path().join("writes.log");
+    while !read_log(&writes).iter().any(|w| w.request_id == "slow") {
+        assert!(Instant::now() < deadline, "the slow write never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let looping = {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        let (ca, client_cert, client_key) = (
+            certs.ca.clone(),
+            certs.client_cert.clone(),
+            certs.client_key.clone(),
+        );
+        std::thread::spawn(move || {
+            let identity = Some((client_cert.as_path(), client_key.as_path()));
+            while !stop.load(Ordering::Relaxed) {
+                let answer = tls::connect(addr, "127.0.0.1", &ca, identity)
+                    .and_then(|mut stream| tls::get(&mut stream, "/_ping"));
+                match answer {
+                    Ok((status, _)) if status.contains(" 200 ") => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((status, body)) => tally
+                        .failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{status} {body}")),
+                    Err(e) => tally.failures.lock().unwrap().push(e.to_string()),
+                }
+            }
+        })
+    };
+    old.wait_for_log_where("pings on the old process", WAIT, |log| {
+        log.matches("path=/_ping").count() >= 20
+    });
+
+    let (listen, admin) = (addr.to_string(), old.admin_addr().to_string());
+    let mut new_args = vec!["--listen", &listen, "--admin", &admin];
+    new_args.extend(tls_args);
+    new_args.extend(["--upgrade", "--upgrade-socket", &socket, &discovery]);
+    let new = Proxy::start_with_listeners_in(&new_args);
+    old.wait_for_log("took the listening sockets over", WAIT);
+    new.wait_for_log_where("pings on the new process", WAIT, |log| {
+        log.matches("path=/_ping").count() >= 20
+    });
+
+    // The idle connection ends cleanly: `close_notify`, which rustls reads as end of input.
+    let mut rest = Vec::new();
+    let end = idle.read_to_end(&mut rest);
+    assert!(
+        end.is_ok() && rest.is_empty(),
+        "the idle TLS connection did not end cleanly: {end:?} {rest:?}"
+    );
+    // The slow request is answered by the old process, which then ends.
+    let head = tls::read_head(&mut slow).unwrap();
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    let exited = old.wait_for_exit(WAIT);
+    assert!(exited.success(), "{}", old.log());
+    assert!(old
+        .log()
+        .contains("path=/v1.41/containers/create?sleep_ms=3000 status=201"));
+
+    stop.store(true, Ordering::Relaxed);
+    looping.join().unwrap();
+    let failures = tally.failures.lock().unwrap().clone();
+    let ok = tally.ok.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {} TLS requests failed across the upgrade: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
+    assert!(pings_served(&new) >= 20);
 }

@@ -43,6 +43,16 @@ use crate::tls::TlsConn;
 /// timeouts.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
+/// How long the clean close of an idle connection at the stop may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ends an idle keep-alive connection at the stop (or the hand-over of an upgrade): a TLS
+/// client gets `close_notify` before the FIN, a clean end rather than a truncation.
+async fn close_idle<S: ClientConn>(mut stream: S) {
+    // pingora's `Shutdown` of the connection: `close_notify` for TLS, then the FIN.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+}
+
 /// A client connection the front can serve: pingora takes it as its `IO`, and the request
 /// head the front read can be put back in front of what follows.
 pub trait ClientConn: IO + Sized + 'static {
@@ -111,16 +121,19 @@ impl Front {
         let mut first = true;
         loop {
             if !first && *shutdown.borrow() {
-                return;
+                return close_idle(stream).await;
             }
             let reading = tokio::time::timeout(KEEPALIVE_IDLE, read_head(&mut stream));
             let head = if first {
-                reading.await
+                Some(reading.await)
             } else {
                 tokio::select! {
-                    head = reading => head,
-                    _ = shutdown.changed() => return,
+                    head = reading => Some(head),
+                    _ = shutdown.changed() => None,
                 }
+            };
+            let Some(head) = head else {
+                return close_idle(stream).await;
             };
             first = false;
             let (mut bytes, upgrade) = match head {
