@@ -191,6 +191,50 @@ fn dockerd_owner_labels_keep_two_jobs_apart() {
     assert_eq!(lines(&a.ok(&["volume", "ls", "-q"])), ["va"]);
     a.refused(&["volume", "rm", "vb"], "get vb: no such volume");
     b.refused(&["volume", "inspect", "va"], "get va: no such volume");
+    // A container reaches volumes by name too: b cannot mount a's; a volume a container
+    // create makes is the job's own (listed, removable), `:ro` kept.
+    let none = ["--network", "none", IMAGE, "true"];
+    for mount in [
+        &["-v", "va:/data"][..],
+        &["--mount", "type=volume,src=va,dst=/data"],
+    ] {
+        b.refused(
+            &[&["create"][..], mount, &none].concat(),
+            "volume va is another owner's",
+        );
+    }
+    a.ok(&[
+        &[
+            "create",
+            "--name",
+            "a-vols",
+            "-v",
+            "va:/data",
+            "-v",
+            "va-new:/new:ro",
+        ][..],
+        &["--mount", "type=volume,src=va-mount,dst=/m"],
+        &none,
+    ]
+    .concat());
+    assert_eq!(
+        lines(&a.ok(&["volume", "ls", "-q"])),
+        ["va", "va-mount", "va-new"]
+    );
+    let mounts = a.ok(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Name}}:{{.Destination}}:{{.RW}} {{end}}",
+        "a-vols",
+    ]);
+    let mut mounts: Vec<&str> = mounts.split_whitespace().collect();
+    mounts.sort();
+    assert_eq!(
+        mounts,
+        ["va-mount:/m:true", "va-new:/new:false", "va:/data:true"]
+    );
+    a.ok(&["rm", "a-vols"]);
+    a.ok(&["volume", "rm", "va-new", "va-mount"]);
     a.ok(&["network", "create", "na"]);
     assert_eq!(
         lines(&b.ok(&["network", "ls", "--format", "{{.Name}}"])),

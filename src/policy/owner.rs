@@ -14,6 +14,12 @@
 //!   resolved to their container; containers a create body refers to (`VolumesFrom`,
 //!   `Links`, `container:<id>` namespaces) and the container of a network
 //!   connect/disconnect must be owned too. A task is owned when its service is.
+//! - Named volumes a create body mounts (`Binds` `name:/dst`, `Mounts` of `Type: volume`,
+//!   a service's `ContainerSpec.Mounts`) must not be another owner's (`409`); one that does
+//!   not exist yet is created by dockerd from the mount's `VolumeOptions.Labels`, which get
+//!   the label, so it is the creator's. A `Binds` entry naming a volume becomes such a mount
+//!   (`ro` and `nocopy` carried over); one with other options (`z`, `Z`) stays a bind entry,
+//!   checked but not labelled.
 //! - `GET /system/df` is refused (`403`): it lists every owner's containers and volumes, and
 //!   has no filter to narrow it.
 //! - Images are shared: pulling, building and running them works; removing them
@@ -264,15 +270,64 @@ impl Ownership {
                     })?;
             }
         }
+        if kind == Kind::Container && body["HostConfig"].is_object() {
+            volume_binds_to_mounts(&mut body["HostConfig"]);
+            self.volume_mounts(&mut body["HostConfig"], inspect).await?;
+        }
         self.label.stamp(&mut body["Labels"]);
         if kind == Kind::Service {
             let spec = &mut body["TaskTemplate"]["ContainerSpec"];
             if spec.is_object() {
                 self.label.stamp(&mut spec["Labels"]);
+                self.volume_mounts(spec, inspect).await?;
             }
         }
         call.set_body(body);
         Ok(())
+    }
+
+    /// The named volumes of `holder`'s `Mounts` (and, in a container's `HostConfig`, the
+    /// `Binds` entries left there) may not be another owner's; each volume mount gets the
+    /// label in its `VolumeOptions.Labels`, which dockerd uses when it creates the volume.
+    async fn volume_mounts(&self, holder: &mut Value, inspect: &dyn Inspect) -> Result<(), Deny> {
+        let bound: Vec<String> = holder["Binds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|bind| bind.as_str().and_then(named_volume_bind))
+            .map(|bind| bind.name)
+            .collect();
+        for name in bound {
+            self.volume_usable(&name, inspect).await?;
+        }
+        let Some(mounts) = holder["Mounts"].as_array_mut() else {
+            return Ok(());
+        };
+        for mount in mounts.iter_mut().filter(|m| m["Type"] == "volume") {
+            if let Some(name) = mount["Source"].as_str().filter(|n| !n.is_empty()) {
+                self.volume_usable(name, inspect).await?;
+            }
+            let options = &mut mount["VolumeOptions"];
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            self.label.stamp(&mut options["Labels"]);
+        }
+        Ok(())
+    }
+
+    /// A volume a create body names: missing (dockerd makes it) or this owner's.
+    async fn volume_usable(&self, name: &str, inspect: &dyn Inspect) -> Result<(), Deny> {
+        match inspect.get_json(&Kind::Volume.inspect_path(name)).await {
+            Ok(None) => Ok(()),
+            Ok(Some(volume)) if self.label.carried_by(Kind::Volume.labels(&volume)) => Ok(()),
+            Ok(Some(_)) => Err(Deny::new(
+                409,
+                RULE,
+                format!("volume {name} is another owner's (--owner-label)"),
+            )),
+            Err(error) => Err(leader_unreachable(error)),
+        }
     }
 
     /// Merges `label=KEY=VALUE` into the client's `filters` (JSON in the query), keeping its
@@ -334,6 +389,68 @@ impl Check for Ownership {
 
 fn leader_unreachable(error: super::InspectError) -> Deny {
     Deny::new(502, RULE, format!("cannot check ownership: {error}"))
+}
+
+/// A `Binds` entry whose source is a volume name (`name:/dst[:opts]`).
+struct VolumeBind {
+    name: String,
+    target: String,
+    read_only: bool,
+    no_copy: bool,
+    /// Only `ro`, `rw` and `nocopy`: a `Mounts` entry can say the same.
+    expressible: bool,
+}
+
+fn named_volume_bind(text: &str) -> Option<VolumeBind> {
+    let mut parts = text.split(':');
+    let (name, target) = (parts.next()?, parts.next()?);
+    let mode = parts.next().unwrap_or("");
+    if name.is_empty()
+        || name.starts_with('/')
+        || !target.starts_with('/')
+        || parts.next().is_some()
+    {
+        return None;
+    }
+    let options: Vec<&str> = mode.split(',').filter(|o| !o.is_empty()).collect();
+    Some(VolumeBind {
+        name: name.to_string(),
+        target: target.to_string(),
+        read_only: options.contains(&"ro"),
+        no_copy: options.contains(&"nocopy"),
+        expressible: options.iter().all(|o| matches!(*o, "ro" | "rw" | "nocopy")),
+    })
+}
+
+/// Moves the `Binds` entries that name a volume, and can be said as a mount, to `Mounts`
+/// (`Type: volume`), where the volume's labels can be given.
+fn volume_binds_to_mounts(host: &mut Value) {
+    let Some(binds) = host["Binds"].as_array() else {
+        return;
+    };
+    let (mut kept, mut moved) = (Vec::new(), Vec::new());
+    for bind in binds {
+        match bind.as_str().and_then(named_volume_bind) {
+            Some(volume) if volume.expressible => moved.push(serde_json::json!({
+                "Type": "volume",
+                "Source": volume.name,
+                "Target": volume.target,
+                "ReadOnly": volume.read_only,
+                "VolumeOptions": {"NoCopy": volume.no_copy},
+            })),
+            _ => kept.push(bind.clone()),
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    host["Binds"] = Value::Array(kept);
+    if !host["Mounts"].is_array() {
+        host["Mounts"] = Value::Array(Vec::new());
+    }
+    if let Some(mounts) = host["Mounts"].as_array_mut() {
+        mounts.extend(moved);
+    }
 }
 
 /// The containers a container create body names: `VolumesFrom` (`name[:ro|rw]`), `Links`
@@ -430,6 +547,7 @@ mod tests {
                 json!({"Config": {"Labels": mine}}),
             ),
             ("/volumes/vol", json!({"Labels": theirs})),
+            ("/volumes/myvol", json!({"Labels": mine})),
             ("/networks/net", json!({"Labels": mine})),
             ("/services/svc", json!({"Spec": {"Labels": theirs}})),
             ("/services/s1", json!({"Spec": {"Labels": mine}})),
@@ -636,6 +754,54 @@ mod tests {
         assert!(check("POST", "/containers/create", Some(body))
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn volumes_a_body_mounts_are_the_owners_or_new_and_made_the_owners() {
+        let binds = json!(["myvol:/a:ro", "new:/n:rw,nocopy", "/srv:/srv", "zed:/z:z"]);
+        let body = json!({"Image": "bb", "HostConfig": {"Binds": binds,
+            "Mounts": [{"Type": "volume", "Source": "made", "Target": "/m"},
+                       {"Type": "bind", "Source": "/tmp", "Target": "/t"}]}});
+        let call = check("POST", "/containers/create", Some(body))
+            .await
+            .expect("pass");
+        let host = &call.body.as_ref().expect("body")["HostConfig"];
+        assert_eq!(host["Binds"], json!(["/srv:/srv", "zed:/z:z"]));
+        let labelled = json!({"ci": "job-1"});
+        assert_eq!(
+            host["Mounts"],
+            json!([
+                {"Type": "volume", "Source": "made", "Target": "/m",
+                 "VolumeOptions": {"Labels": labelled}},
+                {"Type": "bind", "Source": "/tmp", "Target": "/t"},
+                {"Type": "volume", "Source": "myvol", "Target": "/a", "ReadOnly": true,
+                 "VolumeOptions": {"NoCopy": false, "Labels": labelled}},
+                {"Type": "volume", "Source": "new", "Target": "/n", "ReadOnly": false,
+                 "VolumeOptions": {"NoCopy": true, "Labels": labelled}},
+            ])
+        );
+
+        let theirs = [
+            json!({"HostConfig": {"Binds": ["vol:/d"]}}),
+            json!({"HostConfig": {"Binds": ["vol:/d:Z"]}}),
+            json!({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "vol", "Target": "/d"}]}}),
+        ];
+        for body in theirs {
+            assert_eq!(
+                denied(check("POST", "/containers/create", Some(body.clone())).await),
+                (
+                    409,
+                    "volume vol is another owner's (--owner-label)".to_string()
+                ),
+                "{body}"
+            );
+        }
+        let service = json!({"Name": "s", "TaskTemplate": {"ContainerSpec": {"Image": "bb",
+            "Mounts": [{"Type": "volume", "Source": "vol", "Target": "/d"}]}}});
+        assert_eq!(
+            denied(check("POST", "/services/create", Some(service)).await).0,
+            409
+        );
     }
 
     #[tokio::test]
