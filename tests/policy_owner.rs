@@ -134,6 +134,25 @@ fn dockerd_owner_labels_keep_two_jobs_apart() {
         &["logs", &b_id[..12]],
         &format!("No such container: {}", &b_id[..12]),
     );
+    // A name b's container holds is a conflict, as in dockerd, but without b's id.
+    for args in [
+        &[
+            "create",
+            "--name",
+            "b-run",
+            "--network",
+            "none",
+            IMAGE,
+            "true",
+        ][..],
+        &["rename", "a-made", "b-run"],
+    ] {
+        let out = a.docker(args);
+        assert!(!out.ok(), "{args:?} was served: {out}");
+        let said = out.stderr_text();
+        assert!(said.contains("already in use by another owner's"), "{out}");
+        assert!(!said.contains(b_id.trim()), "b's id shown: {out}");
+    }
     assert_eq!(a.ok(&["exec", "a-run", "echo", "mine"]), "mine\n");
     assert_eq!(
         a.ok(&[

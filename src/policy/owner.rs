@@ -14,6 +14,8 @@
 //!   resolved to their container; containers a create body refers to (`VolumesFrom`,
 //!   `Links`, `container:<id>` namespaces) and the container of a network
 //!   connect/disconnect must be owned too. A task is owned when its service is.
+//! - A container name another owner's container holds (`create ?name=`, `rename ?name=`)
+//!   answers dockerd's `409` without that container's id, which dockerd's own would show.
 //! - Named volumes a create body mounts (`Binds` `name:/dst`, `Mounts` of `Type: volume`,
 //!   a service's `ContainerSpec.Mounts`) must not be another owner's (`409`); one that does
 //!   not exist yet is created by dockerd from the mount's `VolumeOptions.Labels`, which get
@@ -256,6 +258,7 @@ impl Ownership {
             return Err(Deny::new(400, RULE, "the create body is not a JSON object"));
         }
         if kind == Kind::Container {
+            self.name_free(call, inspect).await?;
             for referred in referred_containers(&body["HostConfig"]) {
                 // dockerd answers a create naming a missing container `400` (a `404`
                 // would make the docker CLI look for the image and try to pull it).
@@ -284,6 +287,37 @@ impl Ownership {
         }
         call.set_body(body);
         Ok(())
+    }
+
+    /// The container name in the query (`?name=`) is not another owner's container's.
+    /// dockerd's own conflict names the holder's id; this one does not.
+    async fn name_free(&self, call: &Call, inspect: &dyn Inspect) -> Result<(), Deny> {
+        let Some((_, name)) = call.query_pairs().into_iter().find(|(n, _)| n == "name") else {
+            return Ok(());
+        };
+        let name = name.trim_start_matches('/');
+        if name.is_empty() {
+            return Ok(());
+        }
+        let holder = inspect
+            .get_json(&Kind::Container.inspect_path(name))
+            .await
+            .map_err(leader_unreachable)?;
+        // dockerd finds a container by id prefix too: only the same name is a clash.
+        let Some(holder) = holder.filter(|h| h["Name"] == format!("/{name}").as_str()) else {
+            return Ok(());
+        };
+        if self.label.carried_by(Kind::Container.labels(&holder)) {
+            return Ok(());
+        }
+        Err(Deny::new(
+            409,
+            RULE,
+            format!(
+                "Conflict. The container name \"/{name}\" is already in use by another \
+                 owner's container (--owner-label). You have to use another name."
+            ),
+        ))
     }
 
     /// The named volumes of `holder`'s `Mounts` (and, in a container's `HostConfig`, the
@@ -358,7 +392,13 @@ impl Check for Ownership {
         match action(call) {
             Action::Create(kind) => self.create(kind, call, inspect).await,
             Action::Filter => self.filter(call),
-            Action::Object(kind, id) => self.owned(kind, &id, inspect).await,
+            Action::Object(kind, id) => {
+                self.owned(kind, &id, inspect).await?;
+                if kind == Kind::Container && call.segments().last() == Some(&"rename") {
+                    self.name_free(call, inspect).await?;
+                }
+                Ok(())
+            }
             Action::Exec(id) => self.exec_owned(&id, inspect).await,
             Action::Task(id) => self.task_owned(&id, inspect).await,
             Action::NetworkContainer(network) => {
@@ -537,10 +577,18 @@ mod tests {
         let mine = json!({"ci": "job-1"});
         let theirs = json!({"ci": "job-2"});
         let known = [
-            ("/containers/mine/json", json!({"Config": {"Labels": mine}})),
+            (
+                "/containers/mine/json",
+                json!({"Name": "/mine", "Config": {"Labels": mine}}),
+            ),
             (
                 "/containers/theirs/json",
-                json!({"Config": {"Labels": theirs}}),
+                json!({"Name": "/theirs", "Config": {"Labels": theirs}}),
+            ),
+            // An id prefix of `theirs`, as dockerd resolves it.
+            (
+                "/containers/5eed/json",
+                json!({"Name": "/theirs", "Config": {"Labels": theirs}}),
             ),
             (
                 "/containers/abc123/json",
@@ -754,6 +802,31 @@ mod tests {
         assert!(check("POST", "/containers/create", Some(body))
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn another_owners_container_name_is_a_conflict_without_its_id() {
+        for target in [
+            "/containers/create?name=theirs",
+            "/containers/create?name=%2Ftheirs",
+            "/containers/mine/rename?name=theirs",
+        ] {
+            let (status, message) = denied(check("POST", target, Some(json!({}))).await);
+            assert_eq!(status, 409, "{target}");
+            assert!(
+                message.contains("\"/theirs\" is already in use by another owner's"),
+                "{target}: {message}"
+            );
+        }
+        for target in [
+            "/containers/create?name=mine",
+            "/containers/create?name=5eed",
+            "/containers/create?name=fresh",
+            "/containers/create",
+            "/containers/mine/rename?name=fresh",
+        ] {
+            check("POST", target, Some(json!({}))).await.expect(target);
+        }
     }
 
     #[tokio::test]
