@@ -209,6 +209,8 @@ fn dockerd_owner_labels_keep_two_jobs_apart() {
     b.ok(&["volume", "create", "vb"]);
     assert_eq!(lines(&a.ok(&["volume", "ls", "-q"])), ["va"]);
     a.refused(&["volume", "rm", "vb"], "get vb: no such volume");
+    // dockerd would answer a create of an existing name with that volume, b's included.
+    a.refused(&["volume", "create", "vb"], "volume vb is another owner's");
     b.refused(&["volume", "inspect", "va"], "get va: no such volume");
     // A container reaches volumes by name too: b cannot mount a's; a volume a container
     // create makes is the job's own (listed, removable), `:ro` kept.

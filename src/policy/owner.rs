@@ -273,6 +273,13 @@ impl Ownership {
                     })?;
             }
         }
+        // dockerd answers a volume create naming an existing volume with that volume: another
+        // owner's would be shown (and seem this owner's) instead of made.
+        if let Some(name) = body["Name"].as_str().filter(|_| kind == Kind::Volume) {
+            if !name.is_empty() {
+                self.volume_usable(name, inspect).await?;
+            }
+        }
         if kind == Kind::Container && body["HostConfig"].is_object() {
             volume_binds_to_mounts(&mut body["HostConfig"]);
             self.volume_mounts(&mut body["HostConfig"], inspect).await?;
@@ -869,6 +876,13 @@ mod tests {
                 "{body}"
             );
         }
+        assert_eq!(
+            denied(check("POST", "/volumes/create", Some(json!({"Name": "vol"}))).await).0,
+            409
+        );
+        check("POST", "/volumes/create", Some(json!({"Name": "myvol"})))
+            .await
+            .expect("this owner's volume, created again");
         let service = json!({"Name": "s", "TaskTemplate": {"ContainerSpec": {"Image": "bb",
             "Mounts": [{"Type": "volume", "Source": "vol", "Target": "/d"}]}}});
         assert_eq!(
