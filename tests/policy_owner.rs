@@ -257,6 +257,8 @@ fn dockerd_owner_labels_keep_two_jobs_apart() {
     a.ok(&["rm", "a-vols"]);
     a.ok(&["volume", "rm", "va-new", "va-mount"]);
     a.ok(&["network", "create", "na"]);
+    let na = a.ok(&["network", "inspect", "--format", "{{.Id}}", "na"]);
+    let bridge = format!("br-{}", &na[..12.min(na.len())]);
     assert_eq!(
         lines(&b.ok(&["network", "ls", "--format", "{{.Name}}"])),
         Vec::<String>::new(),
@@ -307,4 +309,13 @@ fn dockerd_owner_labels_keep_two_jobs_apart() {
 
     a.ok(&["rm", "-f", "a-run"]);
     b.ok(&["rm", "-f", "b-run"]);
+
+    // The network's bridge is gone from the host with the dockerd (testkit removes what
+    // the test made): one left per run would use up dockerd's address pools.
+    drop(dockerd);
+    let interface = std::path::Path::new("/sys/class/net").join(&bridge);
+    assert!(
+        !interface.exists(),
+        "{bridge} was left in the host's network namespace"
+    );
 }

@@ -305,6 +305,14 @@ impl Dockerd {
                     Duration::from_secs(20),
                 );
             }
+            // A user-defined bridge network is a `br-…` interface in the host's network
+            // namespace, which outlives dockerd and its data dir: each one left takes an
+            // address pool until `network create` finds none.
+            let _ = run(
+                self.direct(DEBIAN_DOCKER).args(["network", "prune", "-f"]),
+                None,
+                Duration::from_secs(20),
+            );
             terminate_group(&mut child, STOP_TIMEOUT);
         }
         kill_group(child);
