@@ -558,6 +558,57 @@ fn real_swarm_owner_labels_keep_services_and_tasks_apart() {
     let own = http::get(jobs[1].0.addr(), &format!("/v1.41/tasks/{b_task}")).expect("GET");
     assert_eq!(own.status, 200, "{}", own.text());
 
+    // An update sends a whole new spec: it keeps the label and may not mount b's volume.
+    let out = cli(1, &["volume", "create", "vb"]);
+    assert!(out.ok(), "{out}");
+    let update = cli(
+        0,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--mount-add",
+            "type=volume,src=vb,dst=/d",
+            "svc-a",
+        ],
+    );
+    assert!(!update.ok(), "b's volume mounted: {update}");
+    assert!(
+        update
+            .stderr_text()
+            .contains("volume vb is another owner's"),
+        "{update}"
+    );
+    let update = cli(
+        0,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--label-add",
+            "x=y",
+            "svc-a",
+        ],
+    );
+    assert!(update.ok(), "{update}");
+    let listed = cli(0, &["service", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(listed.stdout_text().trim(), "svc-a", "{listed}");
+    let update = cli(
+        0,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--label-add",
+            "x=y",
+            "svc-b",
+        ],
+    );
+    assert!(
+        !update.ok() && update.stderr_text().contains("svc-b not found"),
+        "{update}"
+    );
+
     let df = cli(0, &["system", "df"]);
     assert!(!df.ok(), "system df was served: {df}");
     assert!(

@@ -147,6 +147,9 @@ enum Action {
     NetworkContainer(String),
     /// The task's service must carry the label.
     Task(String),
+    /// `POST /services/{id}/update`: the service must carry the label, and the spec sent
+    /// (a whole new one) gets it again, as a create body does.
+    ServiceUpdate(String),
     /// Removing shared images.
     ImageRemoval,
     /// `GET /system/df`: every owner's objects, unfiltered.
@@ -180,6 +183,7 @@ fn action(call: &Call) -> Action {
         (_, ["containers", id, ..]) => object(Kind::Container, id),
         (_, ["volumes", id, ..]) => object(Kind::Volume, id),
         (_, ["networks", id, ..]) => object(Kind::Network, id),
+        ("POST", ["services", id, "update"]) => Action::ServiceUpdate(id.to_string()),
         (_, ["services", id, ..]) => object(Kind::Service, id),
         (_, ["exec", id, ..]) => Action::Exec(id.to_string()),
         (_, ["tasks", id, ..]) => Action::Task(id.to_string()),
@@ -255,7 +259,7 @@ impl Ownership {
             .clone()
             .unwrap_or_else(|| Value::Object(Map::new()));
         if !body.is_object() {
-            return Err(Deny::new(400, RULE, "the create body is not a JSON object"));
+            return Err(Deny::new(400, RULE, "the body is not a JSON object"));
         }
         if kind == Kind::Container {
             self.name_free(call, inspect).await?;
@@ -391,7 +395,7 @@ impl Check for Ownership {
     fn wants_body(&self, call: &Call) -> bool {
         matches!(
             action(call),
-            Action::Create(_) | Action::NetworkContainer(_)
+            Action::Create(_) | Action::ServiceUpdate(_) | Action::NetworkContainer(_)
         )
     }
 
@@ -408,6 +412,10 @@ impl Check for Ownership {
             }
             Action::Exec(id) => self.exec_owned(&id, inspect).await,
             Action::Task(id) => self.task_owned(&id, inspect).await,
+            Action::ServiceUpdate(id) => {
+                self.owned(Kind::Service, &id, inspect).await?;
+                self.create(Kind::Service, call, inspect).await
+            }
             Action::NetworkContainer(network) => {
                 self.owned(Kind::Network, &network, inspect).await?;
                 let container = call
@@ -886,8 +894,28 @@ mod tests {
         let service = json!({"Name": "s", "TaskTemplate": {"ContainerSpec": {"Image": "bb",
             "Mounts": [{"Type": "volume", "Source": "vol", "Target": "/d"}]}}});
         assert_eq!(
-            denied(check("POST", "/services/create", Some(service)).await).0,
+            denied(check("POST", "/services/create", Some(service.clone())).await).0,
             409
+        );
+        // An update sends a whole new spec: checked, and labelled again, like a create.
+        assert_eq!(
+            denied(check("POST", "/services/s1/update?version=3", Some(service)).await).0,
+            409
+        );
+        let spec =
+            json!({"Name": "s", "Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "bb"}}});
+        let updated = check("POST", "/services/s1/update?version=3", Some(spec.clone()))
+            .await
+            .expect("pass");
+        let body = updated.body.as_ref().expect("body");
+        assert_eq!(body["Labels"], json!({"ci": "job-1"}));
+        assert_eq!(
+            body["TaskTemplate"]["ContainerSpec"]["Labels"],
+            json!({"ci": "job-1"})
+        );
+        assert_eq!(
+            denied(check("POST", "/services/svc/update?version=3", Some(spec)).await),
+            (404, "service svc not found".to_string())
         );
     }
 
