@@ -17,14 +17,18 @@
 //! believed only if no other manager names a leader (a restarted manager says it while it
 //! catches up with a cluster that has one).
 //!
-//! Managers are asked in turn, starting with the last one that named the leader: one request
-//! per interval while all is well. One that refuses, times out or is no manager (503 "This
-//! node is not a swarm manager", a worker or a node that left) is skipped for the next.
+//! The last manager that named the leader is asked first: one request per interval while
+//! all is well. When it does not name one, the others are asked at once and the first to
+//! name a leader ends the round: during an election every live follower holds the probe, so
+//! whichever hears of the new leader first tells it, and no follower's reply timeout is
+//! waited out before the next is asked. One that refuses, times out or is no manager (503
+//! "This node is not a swarm manager", a worker or a node that left) is skipped.
 //! None answering is an outage (`Degraded`, the last leader kept). An answer that is not a
 //! node list, two leaders, or a leader without a usable Raft address is garbage: rejected
 //! (counted), the next manager asked, the last leader kept.
 
 use async_trait::async_trait;
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -87,34 +91,69 @@ struct SwarmPoller {
 impl Poller for SwarmPoller {
     async fn poll(&mut self) -> Round {
         let mut round = Round::default();
+        let preferred = self.preferred;
+        let first = self.ask(preferred).await;
+        if let Some(raft) = self.take(&mut round, preferred, first) {
+            return self.lead(round, &raft, preferred);
+        }
         let count = self.managers.len();
-        for step in 0..count {
-            let index = (self.preferred + step) % count;
-            let manager = &self.managers[index];
-            let answer = match self.prober.get(manager, "/nodes").await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    round.failures.push(format!("{}: {e}", manager.addr));
-                    continue;
-                }
-            };
-            match read_nodes(answer.status, &answer.body) {
-                Nodes::Leader(raft) => {
-                    let leader = self.api_address(&raft, index);
-                    self.preferred = index;
-                    round.verdict = Some(Verdict::Leader(leader));
-                    return round;
-                }
-                Nodes::NoLeader => round.verdict = Some(Verdict::NoLeader),
-                Nodes::Unusable(why) => round.failures.push(format!("{}: {why}", manager.addr)),
-                Nodes::Garbage(garbage) => round.garbage.push(garbage),
+        let this: &Self = self;
+        let mut asking: FuturesUnordered<_> = (1..count)
+            .map(|step| (preferred + step) % count)
+            .map(|index| async move { (index, this.ask(index).await) })
+            .collect();
+        let mut named = None;
+        while let Some((index, answer)) = asking.next().await {
+            if let Some(raft) = this.take(&mut round, index, answer) {
+                named = Some((raft, index));
+                break;
             }
         }
-        round
+        // The others' probes are dropped unanswered: the round has its leader.
+        drop(asking);
+        match named {
+            Some((raft, index)) => self.lead(round, &raft, index),
+            None => round,
+        }
     }
 }
 
 impl SwarmPoller {
+    /// Manager `index`'s answer to `GET /nodes`, or why there is none.
+    async fn ask(&self, index: usize) -> Result<Nodes, String> {
+        let manager = &self.managers[index];
+        match self.prober.get(manager, "/nodes").await {
+            Ok(answer) => Ok(read_nodes(answer.status, &answer.body)),
+            Err(e) => Err(format!("{}: {e}", manager.addr)),
+        }
+    }
+
+    /// Notes manager `index`'s answer in `round`; the leader's Raft address if it named one.
+    fn take(
+        &self,
+        round: &mut Round,
+        index: usize,
+        answer: Result<Nodes, String>,
+    ) -> Option<LeaderAddr> {
+        match answer {
+            Ok(Nodes::Leader(raft)) => return Some(raft),
+            Ok(Nodes::NoLeader) => round.verdict = Some(Verdict::NoLeader),
+            Ok(Nodes::Unusable(why)) => round
+                .failures
+                .push(format!("{}: {why}", self.managers[index].addr)),
+            Ok(Nodes::Garbage(garbage)) => round.garbage.push(garbage),
+            Err(failure) => round.failures.push(failure),
+        }
+        None
+    }
+
+    /// Ends `round` with the leader manager `index` named; it is asked first next time.
+    fn lead(&mut self, mut round: Round, raft: &LeaderAddr, index: usize) -> Round {
+        round.verdict = Some(Verdict::Leader(self.api_address(raft, index)));
+        self.preferred = index;
+        round
+    }
+
     /// The leader's Docker API: the host of its Raft address, with the port of the
     /// DISCOVERY entry naming that host, else of the entry that answered.
     fn api_address(&self, raft: &LeaderAddr, answered: usize) -> LeaderAddr {
