@@ -217,19 +217,12 @@ impl Ownership {
         }
     }
 
+    /// An exec instance is its container's: another owner's is as unknown as a missing one.
     async fn exec_owned(&self, id: &str, inspect: &dyn Inspect) -> Result<(), Deny> {
         let path = format!("/exec/{}/json", path::encode_query(id));
         let not_found = || Deny::new(404, RULE, format!("No such exec instance: {id}"));
-        let exec = inspect
-            .get_json(&path)
+        self.owned_through(&path, "ContainerID", Kind::Container, not_found, inspect)
             .await
-            .map_err(leader_unreachable)?
-            .ok_or_else(not_found)?;
-        let container = exec["ContainerID"].as_str().ok_or_else(not_found)?;
-        // Another owner's exec is as unknown as one that does not exist.
-        self.owned(Kind::Container, container, inspect)
-            .await
-            .map_err(|_| not_found())
     }
 
     /// A task (`GET /tasks/{id}`, `…/logs`) is its service's: another owner's task is as
@@ -237,18 +230,29 @@ impl Ownership {
     async fn task_owned(&self, id: &str, inspect: &dyn Inspect) -> Result<(), Deny> {
         let path = format!("/tasks/{}", path::encode_query(id));
         let not_found = || Deny::new(404, RULE, format!("task {id} not found"));
-        let task = inspect
-            .get_json(&path)
+        self.owned_through(&path, "ServiceID", Kind::Service, not_found, inspect)
             .await
-            .map_err(leader_unreachable)?
-            .ok_or_else(not_found)?;
-        let service = task["ServiceID"].as_str().ok_or_else(not_found)?;
-        self.owned(Kind::Service, service, inspect)
-            .await
-            .map_err(|deny| match deny.status {
-                404 => not_found(),
-                _ => deny,
-            })
+    }
+
+    /// An object without labels of its own, owned through the `parent` whose id its inspect
+    /// answer at `path` holds in `field`. Missing, or its parent missing or another owner's:
+    /// `not_found`. A leader that cannot be asked stays a `502`.
+    async fn owned_through(
+        &self,
+        path: &str,
+        field: &str,
+        parent: Kind,
+        not_found: impl Fn() -> Deny + Send + Sync,
+        inspect: &dyn Inspect,
+    ) -> Result<(), Deny> {
+        let object = inspect.get_json(path).await.map_err(leader_unreachable)?;
+        let Some(parent_id) = object.as_ref().and_then(|o| o[field].as_str()) else {
+            return Err(not_found());
+        };
+        match self.owned(parent, parent_id, inspect).await {
+            Err(deny) if deny.status == 404 => Err(not_found()),
+            owned => owned,
+        }
     }
 
     /// Stamps the label into a create body, after checking the containers a container's
@@ -573,7 +577,8 @@ mod tests {
     use super::*;
     use crate::policy::InspectError;
 
-    /// A leader that knows a few objects, and records what it was asked.
+    /// A leader that knows a few objects, and records what it was asked; `/containers/down`
+    /// cannot be asked (the leader went away mid-check).
     #[derive(Default)]
     struct Objects {
         known: HashMap<String, Value>,
@@ -584,6 +589,12 @@ mod tests {
     impl Inspect for Objects {
         async fn get_json(&self, path: &str) -> Result<Option<Value>, InspectError> {
             self.asked.lock().expect("lock").push(path.to_string());
+            if path.starts_with("/containers/down/") {
+                return Err(InspectError {
+                    path: path.to_string(),
+                    reason: "connection refused".into(),
+                });
+            }
             Ok(self.known.get(path).cloned())
         }
     }
@@ -618,6 +629,7 @@ mod tests {
             ("/tasks/t2", json!({"ServiceID": "svc"})),
             ("/exec/e1/json", json!({"ContainerID": "abc123"})),
             ("/exec/e2/json", json!({"ContainerID": "theirs"})),
+            ("/exec/e3/json", json!({"ContainerID": "down"})),
         ];
         Objects {
             known: known
@@ -787,6 +799,9 @@ mod tests {
             );
         }
         assert!(check("POST", "/exec/e1/start", None).await.is_ok());
+        // A leader that cannot be asked about the exec's container refuses the call as
+        // unchecked (502), never as missing.
+        assert_eq!(denied(check("POST", "/exec/e3/start", None).await).0, 502);
         assert!(check("GET", "/tasks/t1/logs", None).await.is_ok());
         let connect = check(
             "POST",
