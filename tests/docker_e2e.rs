@@ -67,20 +67,8 @@ fn dockerd_cli_over_unix_socket() {
 #[test]
 fn dockerd_cli_over_client_tls() {
     let certs = Certs::new("lb-ca");
-    let (cert, key, ca) = (
-        certs.server_cert.display().to_string(),
-        certs.server_key.display().to_string(),
-        certs.ca.display().to_string(),
-    );
-    let lab = Lab::new(&[
-        "--tlscert",
-        &cert,
-        "--tlskey",
-        &key,
-        "--tlscacert",
-        &ca,
-        "--tlsverify",
-    ]);
+    let tls = certs.tlsverify_args();
+    let lab = Lab::new(&tls.iter().map(String::as_str).collect::<Vec<_>>());
     let client = Client::tls(
         &format!("tcp://{}", lab.proxy.tcp),
         &certs.docker_cert_path(),

@@ -187,22 +187,10 @@ fn l4_clients_beyond_the_cap_are_accepted_and_closed() {
 #[test]
 fn a_tls_client_beyond_the_cap_gets_the_503_over_tls() {
     let certs = testkit::certs::Certs::new("cap-ca");
-    let (ca, cert, key) = (
-        certs.ca.display().to_string(),
-        certs.server_cert.display().to_string(),
-        certs.server_key.display().to_string(),
-    );
-    let (_etcd, _dir, _manager, proxy) = testkit::etcd_proxy::proxy_with_leader(&[
-        "--max-connections",
-        "1",
-        "--tlscert",
-        &cert,
-        "--tlskey",
-        &key,
-        "--tlscacert",
-        &ca,
-        "--tlsverify",
-    ]);
+    let mut args = vec!["--max-connections".to_string(), "1".into()];
+    args.extend(certs.tlsverify_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_etcd, _dir, _manager, proxy) = testkit::etcd_proxy::proxy_with_leader(&args);
     let client = Some((certs.client_cert.as_path(), certs.client_key.as_path()));
     let mut first = testkit::tls::connect(proxy.addr(), "127.0.0.1", &certs.ca, client)
         .expect("the first TLS client");

@@ -167,25 +167,9 @@ fn dockerd_rego_examples_decide_what_goes_through() {
     assert_ok(&cli(&unix_listener, None, &config, &run_ok), &plain);
 
     let certs = Certs::new("rego-ca");
-    let (cert, key, ca) = (
-        certs.server_cert.display().to_string(),
-        certs.server_key.display().to_string(),
-        certs.ca.display().to_string(),
-    );
-    let tls = proxy(
-        &etcd,
-        &dockerd,
-        "read-only-user.rego",
-        &[
-            "--tlscert",
-            &cert,
-            "--tlskey",
-            &key,
-            "--tlscacert",
-            &ca,
-            "--tlsverify",
-        ],
-    );
+    let tls_args = certs.tlsverify_args();
+    let tls_args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let tls = proxy(&etcd, &dockerd, "read-only-user.rego", &tls_args);
     let host = format!("tcp://{}", tls.addr());
     let operator: PathBuf = certs.docker_cert_path_for("operator");
     let someone = certs.docker_cert_path();

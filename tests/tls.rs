@@ -32,19 +32,6 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// `--tlscert --tlskey --tlscacert --tlsverify` with `certs`' server certificate and CA.
-fn tlsverify_args(certs: &Certs) -> Vec<String> {
-    vec![
-        "--tlscert".into(),
-        certs.server_cert.display().to_string(),
-        "--tlskey".into(),
-        certs.server_key.display().to_string(),
-        "--tlscacert".into(),
-        certs.ca.display().to_string(),
-        "--tlsverify".into(),
-    ]
-}
-
 fn start_proxy(etcd: &Etcd, mut args: Vec<String>) -> Proxy {
     args.push(format!("etcd://{}/p", etcd.endpoint()));
     let proxy = Proxy::start(&strs(&args));
@@ -63,7 +50,7 @@ fn tlsverify_refuses_clients_without_a_certificate_from_its_ca() {
     let dir = tempfile::tempdir().unwrap();
     let manager = standalone("m1", dir.path());
     etcd.put_v2(KEY, &manager.advertise(), None);
-    let proxy = start_proxy(&etcd, tlsverify_args(&certs));
+    let proxy = start_proxy(&etcd, certs.tlsverify_args());
 
     let mut ok = connect(proxy.addr(), "127.0.0.1", &certs.ca, client(&certs)).unwrap();
     let (status, body) = get(&mut ok, "/_ping").unwrap();
@@ -188,7 +175,7 @@ fn hijack_half_close_and_streams_over_client_tls() {
     let dir = tempfile::tempdir().unwrap();
     let manager = standalone("m1", dir.path());
     etcd.put_v2(KEY, &manager.advertise(), None);
-    let proxy = start_proxy(&etcd, tlsverify_args(&certs));
+    let proxy = start_proxy(&etcd, certs.tlsverify_args());
 
     // Go's half-close (close_notify only), the upgrade on a keep-alive connection.
     let mut stream = connect(proxy.addr(), "127.0.0.1", &certs.ca, client(&certs)).unwrap();

@@ -69,6 +69,21 @@ impl Certs {
         certs
     }
 
+    /// The proxy's flags for a `--tlsverify` listener: this CA's server certificate, and
+    /// clients must present a certificate from this CA.
+    pub fn tlsverify_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--tlscert".into(),
+            path(&self.server_cert),
+            "--tlskey".into(),
+            path(&self.server_key),
+            "--tlscacert".into(),
+            path(&self.ca),
+            "--tlsverify".into(),
+        ]
+    }
+
     /// The temp dir holding the files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
