@@ -298,13 +298,7 @@ impl Router {
     /// Checks a new leader, which resolved to `addresses`, may lead: inside the allow-list and
     /// not one of the proxy's own listeners. Returns the address to dial, or why it is refused.
     fn check(&self, name: &LeaderAddr, addresses: &[SocketAddr]) -> Result<SocketAddr, String> {
-        let ips: Vec<IpAddr> = addresses.iter().map(SocketAddr::ip).collect();
-        if !self.allow.allows(name, &ips) {
-            return Err(format!(
-                "{name} is not allowed by --allow-leader ({})",
-                self.allow
-            ));
-        }
+        self.allow.admit(name, addresses)?;
         let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(listener) = addresses
             .iter()

@@ -102,15 +102,11 @@ async fn admit(outcome: Outcome, allow: &AllowList) -> Outcome {
         value: addr.to_string(),
         reason,
     };
-    match router::resolve(&addr).await {
-        Ok(addresses) => {
-            let ips: Vec<_> = addresses.iter().map(|a| a.ip()).collect();
-            if allow.allows(&addr, &ips) {
-                Outcome::Leader(addr)
-            } else {
-                refused(format!("not allowed by --allow-leader ({allow})"))
-            }
-        }
+    match router::resolve(&addr)
+        .await
+        .and_then(|addresses| allow.admit(&addr, &addresses))
+    {
+        Ok(()) => Outcome::Leader(addr),
         Err(reason) => refused(reason),
     }
 }

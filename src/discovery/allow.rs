@@ -8,7 +8,7 @@
 //! the value resolves to is inside it. An empty list allows every value.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::LeaderAddr;
 
@@ -65,6 +65,19 @@ impl AllowList {
     /// Whether `leader`, which resolved to `addresses`, may lead.
     pub fn allows(&self, leader: &LeaderAddr, addresses: &[IpAddr]) -> bool {
         self.is_empty() || self.entries.iter().any(|e| e.matches(leader, addresses))
+    }
+
+    /// [`AllowList::allows`] for a leader resolved to socket addresses, with the reason of a
+    /// refusal as the router logs it and `leader-proxy leader` prints it.
+    pub fn admit(&self, leader: &LeaderAddr, addresses: &[SocketAddr]) -> Result<(), String> {
+        let ips: Vec<IpAddr> = addresses.iter().map(SocketAddr::ip).collect();
+        if self.allows(leader, &ips) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{leader} is not allowed by --allow-leader ({self})"
+            ))
+        }
     }
 }
 
